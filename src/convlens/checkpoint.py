@@ -1,0 +1,164 @@
+"""Checkpoints: atomic saving, safe loading (``weights_only=True``), and loading any model.
+
+A convlens checkpoint is a dict saved with ``torch.save``::
+
+    {"format": "convlens-checkpoint/1", "arch": "zfnet-small", "num_classes": 10, "in_channels": 3,
+     "model": state_dict, "preprocessing": Preprocessing.to_dict(), "class_names": [...],
+     "epoch": 3, ...training state (optimizer, scheduler, rng, metrics) added by train.py...}
+
+``load_model`` also accepts ``torchvision:<name>`` with a state_dict file (``weights``): any
+torchvision classification CNN. A ``meta.json`` beside the weights file may give the input
+normalization (``input.normalize_mean/std`` in [0, 1] units) and ``imagenet_classes.txt`` or
+``classes.txt`` the class names; otherwise torchvision's ImageNet normalization is assumed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import Preprocessing, imagenet_preprocessing
+from .model import ConvNet, build_model
+
+__all__ = ["FORMAT", "Loaded", "save_checkpoint", "atomic_save", "load_checkpoint", "load_model"]
+
+FORMAT = "convlens-checkpoint/1"
+
+
+@dataclass
+class Loaded:
+    """A model ready for analysis (eval mode) with what is needed to feed and read it."""
+
+    model: nn.Module
+    preprocessing: Preprocessing
+    class_names: list[str]
+    arch: str
+    epoch: int | None = None
+    path: str | None = None
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | Path, model: ConvNet, *, preprocessing: Preprocessing, class_names: list[str],
+                    epoch: int | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write a convlens checkpoint atomically (see the module docstring for its content)."""
+    model = getattr(model, "module", model)  # unwrap DDP
+    state = {
+        "format": FORMAT,
+        "arch": model.cfg.name,
+        "num_classes": model.cfg.num_classes,
+        "in_channels": model.cfg.in_channels,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "preprocessing": preprocessing.to_dict(),
+        "class_names": list(class_names),
+        "epoch": epoch,
+    }
+    state.update(extra or {})
+    return atomic_save(state, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a convlens checkpoint dict safely (``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a convlens checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise ValueError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is not a convlens checkpoint (expected format {FORMAT!r}); for a torchvision "
+            "state_dict use --arch torchvision:NAME --weights FILE"
+        )
+    return state
+
+
+def _torchvision_model(name: str, weights: str | Path | None) -> Loaded:
+    import torchvision
+
+    builder = getattr(torchvision.models, name, None)
+    if builder is None or not callable(builder) or name.startswith("_"):
+        raise ValueError(f"unknown torchvision architecture {name!r}; e.g. torchvision:alexnet, "
+                         "torchvision:vgg16, torchvision:resnet18, torchvision:mobilenet_v2")
+    pre = imagenet_preprocessing()
+    class_names = [str(i) for i in range(1000)]
+    model = builder(weights=None)
+    if weights is not None:
+        wpath = Path(weights)
+        if not wpath.is_file():
+            raise FileNotFoundError(f"weights file not found: {wpath}")
+        state = torch.load(wpath, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]
+        model.load_state_dict(state)
+        pre, class_names = _sidecar(wpath.parent, pre, class_names)
+    return Loaded(model.eval(), pre, class_names, f"torchvision:{name}", None, str(weights) if weights else None)
+
+
+def _sidecar(folder: Path, pre: Preprocessing, names: list[str]) -> tuple[Preprocessing, list[str]]:
+    meta = folder / "meta.json"
+    if meta.is_file():
+        info = json.loads(meta.read_text()).get("input", {})
+        if "normalize_mean" in info and "normalize_std" in info:
+            mean = torch.tensor(info["normalize_mean"], dtype=torch.float32).view(3, 1, 1) * 255
+            std = torch.tensor(info["normalize_std"], dtype=torch.float32).view(3, 1, 1) * 255
+            pre = Preprocessing(pre.resize, pre.crop, mean, std)
+    for fname in ("imagenet_classes.txt", "classes.txt"):
+        f = folder / fname
+        if f.is_file():
+            lines = [ln.strip() for ln in f.read_text().splitlines() if ln.strip()]
+            names = [ln.split(",")[0] for ln in lines]
+            break
+    return pre, names
+
+
+def load_model(spec: str | Path, *, weights: str | Path | None = None,
+               map_location: str | torch.device = "cpu") -> Loaded:
+    """Load a model for analysis, in eval mode.
+
+    Args:
+        spec: a convlens checkpoint path, or ``torchvision:<name>`` (then ``weights`` is its state_dict file).
+        weights: state_dict file for a torchvision architecture (loaded with ``weights_only=True``).
+        map_location: device to load the tensors on.
+
+    Example:
+        >>> loaded = load_model("runs/demo/checkpoints/last.pt")
+        >>> x = loaded.preprocessing.load("dog.jpg")[None]
+        >>> loaded.model(x).softmax(1)
+    """
+    spec = str(spec)
+    if spec.startswith("torchvision:"):
+        return _torchvision_model(spec.split(":", 1)[1], weights)
+    state = load_checkpoint(spec, map_location)
+    model = build_model(state["arch"], num_classes=state["num_classes"], in_channels=state["in_channels"])
+    model.load_state_dict(state["model"])
+    model.to(map_location).eval()
+    pre = Preprocessing.from_dict(state["preprocessing"])
+    return Loaded(model, pre, list(state["class_names"]), state["arch"], state.get("epoch"), spec)
