@@ -41,7 +41,7 @@ Variants (Table 3) are named ``base:mod[+mod...]``, e.g. ``zfnet:no34`` or
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -59,6 +59,8 @@ __all__ = [
     "build_model",
     "layer_stage",
     "available_archs",
+    "init_weights",
+    "summary",
 ]
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
