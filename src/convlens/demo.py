@@ -1,0 +1,311 @@
+"""``convlens demo`` (``make demo``): train a small ZFNet, run every analysis that applies, write the report.
+
+The whole paper in miniature on Fashion-MNIST (Debian's ``dataset-fashion-mnist``) or CIFAR-10:
+Sec. 3 training (``zfnet-small``, checkpoints every epoch), Fig. 2 top-9 mining, Fig. 4
+evolution, Fig. 5 invariance, Fig. 6 diagnosis against an ``alexnet-small`` trained the same way,
+Fig. 7 occlusion on a few test images, Tables 2-3 ablations (short runs), Tables 4-7 linear probes
+per layer on a small labelled held-out subset, single-unit projections, and the HTML report.
+Correspondence (Table 1) needs part landmarks, which these data sets do not have: it is skipped.
+
+Every step goes through :func:`convlens.cli.main` with the documented flags, so the demo
+exercises the real command line. A step whose command is missing or fails is logged and the demo
+goes on to the report. Sizes (subsets, epochs) are chosen to fit 10 minutes on 2 busy CPU cores;
+``quick`` is a ~1 minute version for tests.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["DemoPlan", "Step", "PLANS", "run_demo", "export_images"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Sizes of one demo flavour (every field maps to a command-line flag of some step)."""
+
+    arch: str = "zfnet-small"
+    compare_arch: str = "alexnet-small"
+    epochs: int = 3
+    batch_size: int = 64
+    limit_train: int = 12000
+    limit_val: int = 2000
+    mine_images: int = 2000
+    mine_maps: int = 16
+    evolution_images: int = 500
+    evolution_maps: int = 6
+    compare_epochs: int = 2
+    ablate_variants: str = "no34,no7"
+    ablate_epochs: int = 1
+    ablate_limit: int = 4000
+    probe_per_class: tuple[int, ...] = (10, 30)
+    probe_folds: int = 3
+    occlusion_images: int = 3
+    invariance_images: int = 3
+    layers: str = "conv1,conv2,conv3,conv4,conv5"
+
+
+PLANS = {
+    "full": DemoPlan(),
+    "quick": DemoPlan(epochs=1, batch_size=64, limit_train=1024, limit_val=256, mine_images=256, mine_maps=6,
+                      evolution_images=64, evolution_maps=3, compare_epochs=1, ablate_variants="no34",
+                      ablate_epochs=1, ablate_limit=256, probe_per_class=(3, 6), probe_folds=2,
+                      occlusion_images=1, invariance_images=1),
+}
+
+
+@dataclass
+class Step:
+    name: str
+    argv: list[str]
+    status: str = "pending"  # ok | failed | skipped
+    seconds: float = 0.0
+    message: str = ""
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    report: Path | None
+    steps: list[Step] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status == "ok" for s in self.steps)
+
+
+def _subcommands() -> dict[str, set[str]]:
+    """Each available subcommand -> the option strings it accepts (read from the real parser)."""
+    from .cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: {o for a in p._actions for o in a.option_strings} for name, p in sub.choices.items()}
+
+
+def _argv(cmd: str, positional: list[str], options: dict[str, object], accepted: set[str], notes: list[str]) -> list[str]:
+    """``[cmd, *positional, --flag value, ...]``, dropping (and noting) flags the command lacks."""
+    argv = [cmd, *positional]
+    for flag, value in options.items():
+        if value is None or value is False:
+            continue
+        if flag not in accepted:
+            notes.append(f"'{cmd}' has no {flag}; left out")
+            continue
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv
+
+
+def _run_step(step: Step, echo: Callable[[str], None]) -> None:
+    from .cli import main
+
+    t0 = time.perf_counter()
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            code = main(step.argv)
+    except SystemExit as exc:  # argparse errors
+        code = exc.code if isinstance(exc.code, int) else 2
+    except Exception as exc:  # noqa: BLE001 - a failing analysis must not stop the demo
+        code, step.message = 1, f"{type(exc).__name__}: {exc}"
+    step.seconds = time.perf_counter() - t0
+    step.status = "ok" if code == 0 else "failed"
+    if code != 0 and not step.message:
+        step.message = (err.getvalue().strip().splitlines() or [f"exit code {code}"])[-1]
+    echo(f"[demo] {step.name:<22} {step.status:<7} {step.seconds:6.1f} s  {step.message}".rstrip())
+
+
+def export_images(dataset: str, data_dir: str | None, folder: Path, *, split: str = "test", per_class: int = 1,
+                  limit: int | None = None, size: int = 32, by_class: bool = False) -> list[tuple[Path, int]]:
+    """Save the first ``per_class`` images of each class of a split as PNGs (for commands taking image files).
+
+    Returns:
+        ``[(path, label)]``; with ``by_class`` the files go to ``folder/<class>/`` (an ImageFolder).
+    """
+    from PIL import Image
+
+    from .data import open_raw
+    from .viz import to_uint8
+
+    raw = open_raw(dataset, split, size=size, data_dir=data_dir)
+    classes = list(getattr(raw, "classes", [])) or [str(i) for i in range(1000)]
+    counts: dict[int, int] = {}
+    out: list[tuple[Path, int]] = []
+    for i in range(len(raw)):  # type: ignore[arg-type]
+        pixels, label = raw[i]
+        if pixels is None or counts.get(label, 0) >= per_class:
+            continue
+        counts[label] = counts.get(label, 0) + 1
+        name = classes[label].replace("/", "-").replace(" ", "_")
+        path = folder / name / f"{i:05d}.png" if by_class else folder / f"{i:05d}_{label}_{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(to_uint8(pixels)).save(path)
+        out.append((path, int(label)))
+        if (limit and len(out) >= limit) or len(counts) == len(classes) and min(counts.values()) >= per_class:
+            break
+    return out
+
+
+def _write_summary(out: Path, arch: str, num_classes: int) -> None:
+    """RUN/summary/result.json: the architecture table of Fig. 3 (the report cannot build a model)."""
+    from .artifacts import write_result
+    from .model import build_model, summary
+
+    model = build_model(arch, num_classes=num_classes)
+    rows = [[r["stage"], "x".join(str(s) for s in r["shape"]), f"{int(r['params']):,}"]  # type: ignore[union-attr]
+            for r in summary(model)]
+    total = sum(int(r["params"]) for r in summary(model))  # type: ignore[call-overload]
+    write_result(out / "summary", "summary", title=f"{arch}: layers, output shapes and parameters (Fig. 3)",
+                 summary=f"{arch} on {model.cfg.input_size}x{model.cfg.input_size} inputs, {total:,} parameters; "
+                         "the stage order and sizes of the paper's Fig. 3, scaled down.",
+                 params={"arch": arch, "input_size": model.cfg.input_size, "num_classes": num_classes},
+                 tables=[{"title": "Stages", "columns": ["stage", "output shape", "parameters"], "rows": rows}])
+
+
+def _analysis_steps(out: Path, plan: DemoPlan, dataset: str, data_dir: str | None,
+                    cmds: dict[str, set[str]], notes: list[str]) -> list[Step]:
+    ck = str(out / "checkpoints" / "last.pt")
+    data = {"--dataset": dataset, "--data-dir": data_dir}
+    images = sorted((out / "images").glob("*.png"))
+    probe = out / "data" / "probe"
+
+    def step(name: str, cmd: str, positional: list[str], options: dict[str, object]) -> Step:
+        if cmd not in cmds:
+            return Step(name, [], "skipped", message=f"command 'convlens {cmd}' is not available")
+        return Step(name, _argv(cmd, positional, options, cmds[cmd], notes))
+
+    steps = [
+        step("mine (Fig. 2)", "mine", [], {"--checkpoint": ck, **data, "--layers": plan.layers + ",fc6,fc7", "--k": 9,
+                                           "--maps": plan.mine_maps, "--limit": plan.mine_images,
+                                           "--batch-size": 128, "--out": out / "mine"}),
+        step("evolution (Fig. 4)", "evolution", [], {"--run": out, **data, "--layers": plan.layers,
+                                                     "--maps": plan.evolution_maps, "--limit": plan.evolution_images,
+                                                     "--out": out / "evolution"}),
+        step("invariance (Fig. 5)", "invariance", [], {"--checkpoint": ck, "--layers": "conv1,fc7",
+                                                       "--out": out / "invariance"}),
+        step("diagnose (Fig. 6)", "diagnose", [], {"--checkpoint": ck, "--compare": out / "compare" / "checkpoints" / "last.pt",
+                                                   **data, "--limit": plan.limit_val, "--out": out / "diagnose"}),
+    ]
+    inv = steps[2]
+    if inv.argv:
+        i = inv.argv.index("--out") if "--out" in inv.argv else len(inv.argv)
+        inv.argv[i:i] = ["--images", *[str(p) for p in images[: plan.invariance_images]]]
+    for k, img in enumerate(images[: plan.occlusion_images]):
+        steps.append(step(f"occlude {k} (Fig. 7)", "occlude", [], {
+            "--checkpoint": ck, "--image": img, "--label": img.stem.split("_")[1], "--window": 8, "--stride": 2,
+            "--out": out / "occlusion" / img.stem}))
+    steps += [
+        step("ablate (Tables 2-3)", "ablate", [], {"--arch": plan.arch, "--variants": plan.ablate_variants, **data,
+                                                   "--epochs": plan.ablate_epochs, "--limit-train": plan.ablate_limit,
+                                                   "--limit-val": plan.limit_val // 2, "--batch-size": plan.batch_size,
+                                                   "--out": out / "ablate"}),
+        step("transfer (Tables 4-7)", "transfer", [], {"--checkpoint": ck, "--dataset": probe,
+                                                       "--per-class": ",".join(map(str, plan.probe_per_class)),
+                                                       "--folds": plan.probe_folds, "--out": out / "transfer"}),
+        step("project (Fig. 1)", "project", [], {"--checkpoint": ck, "--image": images[0] if images else None,
+                                                 "--layer": "conv5", "--channel": 0, "--top": 9, "--out": out / "project"}),
+    ]
+    return steps
+
+
+def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, dataset: str = "fashion-mnist",
+             data_dir: str | None = None, plan: DemoPlan | None = None,
+             echo: Callable[[str], None] = print) -> DemoResult:
+    """Train, analyze and report (see the module docstring); returns each step's status and time.
+
+    Args:
+        out: the run directory to create (or reuse: steps overwrite their own folders).
+        quick: the ~1 minute version (tiny subsets, 1 epoch).
+        dataset, data_dir: ``fashion-mnist`` (Debian's copy by default), ``cifar10`` or an ImageFolder.
+        plan: override the sizes (default ``PLANS["quick" if quick else "full"]``).
+        echo: where progress lines go.
+
+    Example:
+        >>> res = run_demo("runs/demo", quick=True)
+        >>> res.report
+        PosixPath('runs/demo/report/index.html')
+    """
+    plan = plan or PLANS["quick" if quick else "full"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    cmds, notes = _subcommands(), []
+    data = {"--dataset": dataset, "--data-dir": data_dir}
+    train = {"--arch": plan.arch, **data, "--epochs": plan.epochs, "--batch-size": plan.batch_size,
+             "--limit-train": plan.limit_train, "--limit-val": plan.limit_val, "--seed": 0}
+    result = DemoResult(out, None)
+    echo(f"[demo] {'quick' if quick else 'full'} demo of convlens on {dataset} -> {out}")
+
+    def go(step: Step) -> Step:
+        result.steps.append(step)
+        if step.status == "skipped":
+            echo(f"[demo] {step.name:<22} skipped          {step.message}")
+        else:
+            _run_step(step, echo)
+        return step
+
+    if "train" not in cmds:
+        go(Step("train (Sec. 3)", [], "skipped", message="command 'convlens train' is not available"))
+    else:
+        go(Step("train (Sec. 3)", _argv("train", [], {**train, "--out": out}, cmds["train"], notes)))
+        go(Step("train comparison", _argv("train", [], {**train, "--arch": plan.compare_arch,
+                                                         "--epochs": plan.compare_epochs, "--out": out / "compare"},
+                                           cmds["train"], notes)))
+    go(_prepare_inputs(out, plan, dataset, data_dir))
+    for step in _analysis_steps(out, plan, dataset, data_dir, cmds, notes):
+        go(step)
+    go(Step("correspond (Table 1)", [], "skipped", message=f"needs part landmarks, which {dataset} does not have"))
+    for note in dict.fromkeys(notes):
+        echo(f"[demo] note: {note}")
+    _write_timings(out, result, quick, dataset, time.perf_counter() - t_start)
+    report = go(Step("report", ["report", str(out)]))
+    result.seconds = time.perf_counter() - t_start
+    if report.status == "ok":
+        result.report = out / "report" / "index.html"
+    failed = [s.name for s in result.steps if s.status == "failed"]
+    echo(f"[demo] done in {result.seconds:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if result.report:
+        echo(f"[demo] report: {result.report.resolve()}")
+        echo(f"[demo] explore it: convlens serve {out}")
+    return result
+
+
+def _prepare_inputs(out: Path, plan: DemoPlan, dataset: str, data_dir: str | None) -> Step:
+    """Architecture table, a few test images as PNG files, and a small labelled ImageFolder for probes."""
+    step = Step("inputs", [])
+    t0 = time.perf_counter()
+    try:
+        from .checkpoint import load_model
+
+        loaded = load_model(out / "checkpoints" / "last.pt")
+        size = loaded.preprocessing.resize
+        _write_summary(out, plan.arch, len(loaded.class_names))
+        n = max(plan.occlusion_images, plan.invariance_images, 1)
+        export_images(dataset, data_dir, out / "images", per_class=1, limit=n, size=size)
+        export_images(dataset, data_dir, out / "data" / "probe", per_class=max(plan.probe_per_class) + 10,
+                      size=size, by_class=True)
+        step.status = "ok"
+    except Exception as exc:  # noqa: BLE001
+        step.status, step.message = "failed", f"{type(exc).__name__}: {exc}"
+    step.seconds = time.perf_counter() - t0
+    return step
+
+
+def _write_timings(out: Path, result: DemoResult, quick: bool, dataset: str, seconds: float) -> None:
+    from .artifacts import write_result
+
+    rows = [[s.name, s.status, f"{s.seconds:.1f}", s.message] for s in result.steps]
+    write_result(out / "demo", "demo", title="Demo steps and their times",
+                 summary=f"'convlens demo{' --quick' if quick else ''}' on {dataset}: {len(rows)} steps, "
+                         f"{seconds:.0f} s before the report; each step is one 'convlens' command.",
+                 params={"quick": quick, "dataset": dataset},
+                 tables=[{"title": "Steps", "columns": ["step", "status", "seconds", "message"], "rows": rows}])

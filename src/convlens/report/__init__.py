@@ -1,0 +1,43 @@
+"""The static HTML report of a run directory (everything the run holds, in the paper's order).
+
+``build_report(run_dir)`` writes ``RUN/report/index.html`` plus ``RUN/report/assets/`` (copies of
+the PNGs it shows), so the folder opens from disk with no server and no network. It reads only
+JSON, CSV and PNG files through :mod:`convlens.manifest` and never imports torch.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..manifest import load_run
+from .html import render_page
+
+__all__ = ["build_report"]
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the report of ``run_dir`` and return the path of its ``index.html``.
+
+    Args:
+        run_dir: a run directory (``config.json``, ``metrics.csv``, ``<analysis>/result.json`` ...).
+        out: the report folder (default ``run_dir/report``).
+
+    Raises:
+        NotADirectoryError: ``run_dir`` does not exist.
+
+    Example:
+        >>> index = build_report("runs/demo")
+        >>> index.name
+        'index.html'
+    """
+    from .. import __version__
+
+    run = load_run(run_dir)
+    folder = Path(out) if out is not None else run.root / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    page = render_page(run, folder.resolve(), version=__version__)
+    index = folder / "index.html"
+    tmp = index.with_suffix(".html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, index)
+    return index
