@@ -1,0 +1,381 @@
+"""Top-k activations per feature map over a whole dataset (Sec. 4, "Feature Visualization", Fig. 2).
+
+One streaming pass keeps, for every feature map of every requested layer, the ``k`` (default 9)
+strongest activations with their dataset index and position. Memory is O(layers x maps x k):
+activations are reduced per batch and never stored.
+
+Definitions (what "the top 9" means here, exactly):
+
+* **One entry per image per map** (``per_image=1``, the paper's figure: 9 different images). An
+  image's entry is its maximum over the map; its position is the *first* maximum in row-major
+  order (smallest ``y * W + x``). ``per_image=p`` keeps the p largest positions of each image
+  (ties again to the smaller row-major position).
+* **Order**: value descending, then dataset index ascending, then row-major position ascending.
+  This total order makes the result independent of batch size, DataLoader workers, shuffling and
+  the number of processes; it equals a brute-force sort of all per-image candidates at once
+  (``tests/test_topk.py``).
+* fc layers ``(B, F)`` are maps of size 1x1 (position (0, 0)).
+
+Departures from the paper: the paper mines the ImageNet validation set with its own code; here
+any dataset works, and ties (e.g. many all-zero maps of a rectified layer) are broken
+deterministically instead of arbitrarily.
+
+Resuming and sharding: :func:`mine_top_activations` saves its state atomically every
+``save_every`` batches (with the count of finished batches) and, on restart, skips the finished
+batches without loading them. Under ``torchrun`` (``torch.distributed`` initialized) the dataset
+is split into contiguous index ranges, one per process (no padding: no image counted twice, none
+dropped), and the per-process top-k are gathered and merged exactly.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler, Sampler
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TopActivations", "TopKAccumulator", "ShardSampler", "mine_top_activations", "layer_features"]
+
+
+@dataclass(frozen=True)
+class TopActivations:
+    """The k strongest activations of every map of one layer.
+
+    Attributes:
+        values: (C, K) activations, strongest first.
+        dataset_indices: (C, K) dataset index of the image each came from.
+        positions: (C, K, 2) (y, x) in the layer's map ((0, 0) for fc layers).
+        layer: the layer name.
+        num_images: images that were mined.
+        num_skipped: unreadable images that were skipped (and counted).
+    """
+
+    values: torch.Tensor
+    dataset_indices: torch.Tensor
+    positions: torch.Tensor
+    layer: str = ""
+    num_images: int = 0
+    num_skipped: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "values": self.values, "dataset_indices": self.dataset_indices,
+                "positions": self.positions, "num_images": self.num_images, "num_skipped": self.num_skipped}
+
+
+class _Top:
+    """Running top-k of one layer: values/indices/flat positions (C, K), sorted by the total order."""
+
+    def __init__(self, values: torch.Tensor, indices: torch.Tensor, flat: torch.Tensor, hw: tuple[int, int]):
+        self.values, self.indices, self.flat, self.hw = values, indices, flat, hw
+
+    @classmethod
+    def empty(cls, channels: int, k: int, hw: tuple[int, int], like: torch.Tensor) -> "_Top":
+        values = torch.full((channels, k), float("-inf"), dtype=like.dtype, device=like.device)
+        minus = torch.full((channels, k), -1, dtype=torch.long, device=like.device)
+        return cls(values, minus, minus.clone(), hw)
+
+    def push(self, values: torch.Tensor, indices: torch.Tensor, flat: torch.Tensor, k: int, by_pos: bool) -> None:
+        """Merge candidates (C, M) into the running top-k with one sort on the concatenation."""
+        v = torch.cat([self.values, values.to(self.values.dtype)], 1)  # (C, K+M)
+        i = torch.cat([self.indices, indices], 1)
+        f = torch.cat([self.flat, flat], 1)
+        # Stable sorts from the least to the most significant key: (position), index, -value.
+        # Empty slots (value -inf) sort last whatever their index.
+        order = torch.sort(i * (self.hw[0] * self.hw[1]) + f if by_pos else i, dim=1, stable=True).indices
+        order = order.gather(1, torch.sort(v.gather(1, order), dim=1, descending=True, stable=True).indices[:, :k])
+        self.values, self.indices, self.flat = v.gather(1, order), i.gather(1, order), f.gather(1, order)
+
+
+def _candidates(act: torch.Tensor, per_image: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """Per image and map, its ``per_image`` largest activations: values, flat positions (C, B*p), (H, W)."""
+    if act.dim() == 2:
+        act = act[:, :, None, None]
+    if act.dim() != 4:
+        raise ValueError(f"activations must be (B, C, H, W) or (B, F), got shape {tuple(act.shape)}")
+    b, c, h, w = act.shape
+    flat = act.reshape(b, c, h * w)
+    if per_image == 1 or h * w == 1:
+        values, pos = flat.max(dim=2)  # first maximal index (documented for torch.max along a dim)
+        return values.t(), pos.t(), (h, w)
+    p = min(per_image, h * w)
+    values, pos = torch.sort(flat, dim=2, descending=True, stable=True)  # ties: smaller position first
+    values, pos = values[:, :, :p], pos[:, :, :p]  # (B, C, p)
+    return values.permute(1, 0, 2).reshape(c, b * p), pos.permute(1, 0, 2).reshape(c, b * p), (h, w)
+
+
+class TopKAccumulator:
+    """Streaming top-k per feature map (see the module docstring for the exact order).
+
+    Args:
+        layers: layer names (maps are counted on the first update).
+        k: entries kept per map.
+        per_image: entries one image may contribute to one map (1: its maximum only).
+
+    Example:
+        >>> acc = TopKAccumulator(["conv1", "conv5"], k=9)
+        >>> acc.update(model.features(x, ["conv1", "conv5"]), indices)  # once per batch
+        >>> top = acc.result()["conv5"]  # TopActivations, values (C, 9)
+    """
+
+    def __init__(self, layers: Sequence[str], *, k: int = 9, per_image: int = 1) -> None:
+        if k < 1 or per_image < 1:
+            raise ValueError(f"k and per_image must be >= 1, got k={k}, per_image={per_image}")
+        if isinstance(layers, str) or not layers:
+            raise ValueError(f"layers must be a non-empty list of layer names, got {layers!r}")
+        self.layers, self.k, self.per_image = list(layers), k, per_image
+        self.num_images = 0
+        self.num_skipped = 0
+        self._tops: dict[str, _Top] = {}
+
+    def update(self, acts: Mapping[str, torch.Tensor], indices: torch.Tensor) -> None:
+        """Add one batch: ``acts[layer]`` (B, C, H, W) or (B, F); ``indices`` (B,) dataset indices."""
+        for layer in self.layers:
+            act = acts[layer].detach()
+            if act.shape[0] != len(indices):
+                raise ValueError(f"{layer}: {act.shape[0]} activations but {len(indices)} indices")
+            values, flat, hw = _candidates(act, self.per_image)
+            idx = indices.to(device=act.device, dtype=torch.long)
+            idx = idx.repeat_interleave(values.shape[1] // max(len(idx), 1))[None].expand_as(values)
+            top = self._tops.get(layer)
+            if top is None:
+                top = self._tops[layer] = _Top.empty(values.shape[0], self.k, hw, values)
+            elif top.values.device != values.device:  # e.g. state loaded on the CPU, mining on a GPU
+                top.values, top.indices, top.flat = (t.to(values.device) for t in (top.values, top.indices, top.flat))
+            top.push(values, idx, flat, self.k, by_pos=self.per_image > 1)
+        self.num_images += len(indices)
+
+    def merge(self, other: "TopKAccumulator") -> None:
+        """Fold in an accumulator that saw *other* images (another shard): exact union top-k."""
+        if (other.k, other.per_image) != (self.k, self.per_image) or other.layers != self.layers:
+            raise ValueError("can only merge accumulators with the same layers, k and per_image")
+        for layer, top in other._tops.items():
+            mine = self._tops.get(layer)
+            if mine is None:
+                self._tops[layer] = _Top(top.values.clone(), top.indices.clone(), top.flat.clone(), top.hw)
+            else:
+                mine.push(top.values.to(mine.values.device), top.indices.to(mine.values.device),
+                          top.flat.to(mine.values.device), self.k, by_pos=self.per_image > 1)
+        self.num_images += other.num_images
+        self.num_skipped += other.num_skipped
+
+    def result(self) -> dict[str, TopActivations]:
+        """Per layer, the top-k so far (K = min(k, entries seen); empty slots are dropped)."""
+        out = {}
+        for layer in self.layers:
+            top = self._tops.get(layer)
+            if top is None:
+                raise ValueError(f"no activations seen for layer {layer!r}: the dataset yielded no images")
+            kk = int((top.indices[0] >= 0).sum())
+            w = top.hw[1]
+            flat = top.flat[:, :kk]
+            out[layer] = TopActivations(top.values[:, :kk], top.indices[:, :kk], torch.stack([flat // w, flat % w], -1),
+                                        layer, self.num_images, self.num_skipped)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        tops = {name: {"values": t.values.cpu(), "indices": t.indices.cpu(), "flat": t.flat.cpu(), "hw": list(t.hw)}
+                for name, t in self._tops.items()}
+        return {"layers": list(self.layers), "k": self.k, "per_image": self.per_image,
+                "num_images": self.num_images, "num_skipped": self.num_skipped, "tops": tops}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if (list(state["layers"]), state["k"], state["per_image"]) != (self.layers, self.k, self.per_image):
+            raise ValueError(
+                f"state is for layers={state['layers']} k={state['k']} per_image={state['per_image']}, "
+                f"not layers={self.layers} k={self.k} per_image={self.per_image}; delete the state file to restart"
+            )
+        self.num_images, self.num_skipped = int(state["num_images"]), int(state["num_skipped"])
+        self._tops = {name: _Top(t["values"], t["indices"], t["flat"], tuple(t["hw"]))  # type: ignore[arg-type]
+                      for name, t in state["tops"].items()}
+
+
+# ----------------------------------------------------------------------------- mining a dataset
+
+class ShardSampler(Sampler[int]):
+    """Indices ``0..n-1`` split into ``world`` contiguous ranges, no padding: rank r gets its own range.
+
+    Unlike ``DistributedSampler`` (which repeats indices to equalize shards) every index is
+    visited exactly once over all ranks.
+    """
+
+    def __init__(self, n: int, rank: int, world: int) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, {world}), got {rank}")
+        self.start, self.stop = rank * n // world, (rank + 1) * n // world
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _batches(loader: Iterable[Any], start: int, rank: int, world: int) -> tuple[Iterable[Any], int | None, int | None]:
+    """The loader's batches from batch ``start`` on, for this rank; the total batch and image counts.
+
+    A ``DataLoader`` is rebuilt over explicit batch lists, so skipped batches are never loaded and
+    each rank reads only its contiguous share of the sampler's order.
+    """
+    if not isinstance(loader, DataLoader) or loader.batch_sampler is None:
+        if world > 1:
+            raise ValueError("distributed mining needs a torch DataLoader (to shard its dataset)")
+        n = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+        return itertools.islice(loader, start, None), n, None
+    if isinstance(loader.sampler, RandomSampler) and (start or world > 1):
+        raise ValueError("resuming or sharding needs a fixed order: build the DataLoader with shuffle=False")
+    if start == 0 and (world == 1 or isinstance(loader.sampler, ShardSampler)):
+        return loader, len(loader), len(loader.sampler)  # type: ignore[arg-type]
+    order = list(loader.sampler)
+    if world > 1 and not isinstance(loader.sampler, ShardSampler):
+        order = order[rank * len(order) // world:(rank + 1) * len(order) // world]
+    bs = loader.batch_size or 1
+    chunks = [order[i:i + bs] for i in range(0, len(order), bs)]
+    if loader.drop_last and chunks and len(chunks[-1]) < bs:
+        chunks.pop()
+    rebuilt = DataLoader(loader.dataset, batch_sampler=chunks[start:], num_workers=loader.num_workers,
+                         collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                         worker_init_fn=loader.worker_init_fn)
+    return rebuilt, len(chunks), sum(len(c) for c in chunks[start:])
+
+
+def layer_features(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Activations of ``layers``, stopping the forward at the deepest one.
+
+    ``ConvNet`` has ``features`` (which stops early); any other module is hooked and the forward
+    is interrupted once every layer has been recorded.
+    """
+    features = getattr(model, "features", None)
+    if callable(features) and hasattr(model, "resolve"):
+        return features(x, list(layers))
+    from .hooks import get_module
+
+    store: dict[str, torch.Tensor] = {}
+
+    class _Done(Exception):
+        pass
+
+    def hook(_m: nn.Module, _i: Any, out: torch.Tensor, key: str) -> None:
+        store[key] = out
+        if len(store) == len(layers):
+            raise _Done
+
+    handles = [get_module(model, n).register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n in layers]
+    try:
+        model(x)
+    except _Done:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: store[n] for n in layers}
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def mine_top_activations(
+    model: nn.Module,
+    loader: Iterable[Any],
+    layers: Sequence[str],
+    *,
+    k: int = 9,
+    per_image: int = 1,
+    state_path: str | Path | None = None,
+    save_every: int = 50,
+    progress: bool = False,
+) -> dict[str, TopActivations]:
+    """One streaming pass over ``loader``: the top-k activations of every map of ``layers``.
+
+    Args:
+        model: on its device; put in eval mode for the pass (its mode is restored).
+        loader: yields ``(images, labels, indices)`` batches (``data.collate_skip``; its
+            ``batch.skipped`` lists unreadable images, which are counted). For resuming and
+            sharding, a ``DataLoader`` with a fixed order (no shuffle).
+        layers: layer names (``conv1`` .. ``fc7``; any submodule name for other models).
+        k, per_image: see :class:`TopKAccumulator`.
+        state_path: save the state here every ``save_every`` batches, and resume from it if it
+            exists (one file per rank under torchrun: ``.rankR`` is appended).
+        progress: show a progress bar (images/s).
+
+    Returns:
+        dict layer -> :class:`TopActivations`, identical on every rank.
+
+    Example:
+        >>> loader = DataLoader(open_dataset("cifar10", "test", data_dir=D), batch_size=64, collate_fn=collate_skip)
+        >>> tops = mine_top_activations(model, loader, ["conv1", "conv5"], k=9)
+        >>> tops["conv5"].dataset_indices[42]  # the 9 images that excite map 42 most
+    """
+    rank, world = _dist()
+    acc = TopKAccumulator(layers, k=k, per_image=per_image)
+    path = None if state_path is None else Path(f"{state_path}.rank{rank}" if world > 1 else state_path)
+    done = 0
+    if path is not None and path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        acc.load_state_dict(state["accumulator"])
+        done = int(state["batches"])
+        log.info("resuming from %s: %d batches done", path, done)
+    batches, total, todo = _batches(loader, done, rank, world)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    from tqdm import tqdm
+
+    bar = tqdm(total=todo, unit="img", unit_scale=world, desc=f"mining {','.join(layers)}",
+               disable=not progress or rank != 0)
+    try:
+        with torch.inference_mode():
+            for b, batch in enumerate(batches, start=done):
+                bar.update(_mine_batch(model, acc, batch, device, layers))
+                if path is not None and (b + 1) % save_every == 0:
+                    _save_state(path, {"accumulator": acc.state_dict(), "batches": b + 1})
+    finally:
+        bar.close()
+        model.train(was_training)
+    if path is not None:
+        _save_state(path, {"accumulator": acc.state_dict(), "batches": total if total is not None else done})
+    if world > 1:
+        acc = _gather(acc, world)
+    return acc.result()
+
+
+def _mine_batch(model: nn.Module, acc: TopKAccumulator, batch: Any, device: torch.device,
+                layers: Sequence[str]) -> int:
+    """Mine one batch; returns the number of images it held (read or skipped)."""
+    skipped = len(getattr(batch, "skipped", ()))
+    acc.num_skipped += skipped
+    if not isinstance(batch, (tuple, list)) or len(batch) < 3:
+        raise ValueError("loader must yield (images, labels, indices) batches; use data.collate_skip")
+    images, indices = batch[0], batch[2]
+    if len(indices):
+        acc.update(layer_features(model, images.to(device, non_blocking=True), layers), indices)
+    return len(indices) + skipped
+
+
+def _gather(acc: TopKAccumulator, world: int) -> TopKAccumulator:
+    """All-gather every rank's state and merge them in rank order (same result on every rank)."""
+    states: list[Any] = [None] * world
+    dist.all_gather_object(states, acc.state_dict())
+    merged = TopKAccumulator(acc.layers, k=acc.k, per_image=acc.per_image)
+    for s in states:
+        part = TopKAccumulator(acc.layers, k=acc.k, per_image=acc.per_image)
+        part.load_state_dict(s)
+        merged.merge(part)
+    return merged

@@ -1,0 +1,219 @@
+"""Top-k mining (Fig. 2): exactness against a brute-force sort, resuming, sharding, corrupt files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from convlens.model import build_model
+from convlens.topk import ShardSampler, TopKAccumulator, mine_top_activations
+
+CONVS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
+
+
+def brute_force(acts: torch.Tensor, indices: torch.Tensor, k: int, per_image: int = 1):
+    """Oracle, all activations at once: numpy lexsort on (-value, dataset index, row-major position)."""
+    a = acts.reshape(acts.shape[0], acts.shape[1], -1).numpy() if acts.dim() == 4 else acts[:, :, None].numpy()
+    n, c, hw = a.shape
+    w = acts.shape[-1] if acts.dim() == 4 else 1
+    idx = indices.numpy()
+    values, dataset_indices, positions = [], [], []
+    for ch in range(c):
+        cand = []  # (value, index, position)
+        for i in range(n):
+            pos = np.lexsort((np.arange(hw), -a[i, ch]))[:per_image]  # per image: largest, first in row-major
+            cand += [(a[i, ch, p], idx[i], p) for p in pos]
+        v, ii, pp = (np.array(t) for t in zip(*cand))
+        order = np.lexsort((pp, ii, -v))[:k]
+        values.append(v[order]), dataset_indices.append(ii[order]), positions.append(pp[order])
+    pos = torch.as_tensor(np.array(positions))
+    return (torch.as_tensor(np.array(values)), torch.as_tensor(np.array(dataset_indices)),
+            torch.stack([pos // w, pos % w], -1))
+
+
+def assert_matches(top, oracle):
+    values, indices, positions = oracle
+    torch.testing.assert_close(top.values, values.to(top.values.dtype), rtol=0, atol=0)
+    assert torch.equal(top.dataset_indices, indices)
+    assert torch.equal(top.positions, positions)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+@pytest.mark.parametrize("per_image", [1, 3])
+def test_accumulator_equals_brute_force_with_ties(batch_size, per_image):
+    # Small integer activations: many ties in value (and whole all-zero maps), which the order must settle.
+    gen = torch.Generator().manual_seed(0)
+    conv = torch.randint(0, 4, (70, 5, 4, 3), generator=gen).double()
+    conv[:, 4] = 0.0  # a dead map: every image ties at 0, first position (0, 0)
+    fc = torch.randint(0, 3, (70, 6), generator=gen).double()
+    indices = torch.randperm(70, generator=gen) + 100  # arbitrary order, as with shuffling or workers
+    acc = TopKAccumulator(["conv", "fc"], k=9, per_image=per_image)
+    for s in range(0, 70, batch_size):
+        acc.update({"conv": conv[s:s + batch_size], "fc": fc[s:s + batch_size]}, indices[s:s + batch_size])
+    out = acc.result()
+    assert_matches(out["conv"], brute_force(conv, indices, 9, per_image))
+    assert_matches(out["fc"], brute_force(fc, indices, 9, per_image))
+    # values also agree with torch.topk over all activations at once
+    per_map = conv.flatten(2).amax(2).t()
+    if per_image == 1:
+        torch.testing.assert_close(out["conv"].values, per_map.topk(9, dim=1).values, rtol=0, atol=0)
+    dead = out["conv"]
+    if per_image == 1:  # every image ties at 0: the 9 smallest indices, each at its first position (0, 0)
+        assert dead.positions[4].eq(0).all() and dead.dataset_indices[4].tolist() == list(range(100, 109))
+    else:  # 3 positions per image, in row-major order
+        assert dead.dataset_indices[4].tolist() == [100] * 3 + [101] * 3 + [102] * 3
+        assert dead.positions[4, :3].tolist() == [[0, 0], [0, 1], [0, 2]]
+
+
+def test_fewer_entries_than_k_and_merge():
+    acts = torch.rand(3, 2, 2, 2)
+    a, b = TopKAccumulator(["x"], k=9), TopKAccumulator(["x"], k=9)
+    a.update({"x": acts[:2]}, torch.tensor([0, 1]))
+    b.update({"x": acts[2:]}, torch.tensor([2]))
+    assert a.result()["x"].values.shape == (2, 2)
+    a.merge(b)
+    assert_matches(a.result()["x"], brute_force(acts, torch.arange(3), 9))
+    assert a.result()["x"].num_images == 3
+
+
+class Images(Dataset):
+    """(x, label, index) items; optionally raises when ``fail_at`` is read; counts reads."""
+
+    def __init__(self, x: torch.Tensor, fail_at: int | None = None) -> None:
+        self.x, self.fail_at, self.reads = x, fail_at, []
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        if i == self.fail_at:
+            raise RuntimeError("simulated crash")
+        self.reads.append(i)
+        return self.x[i], 0, i
+
+
+def exact_tiny() -> torch.nn.Module:
+    """zfnet-tiny with small-integer weights, no LRN, float64: every activation is an exact integer,
+    so it does not depend on the batch size (convolution sums are exact), and ties are common."""
+    model = build_model("zfnet-tiny", seed=0).double().eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randint(-2, 3, p.shape, generator=gen).double())
+    model.norm1, model.norm2 = torch.nn.Identity(), torch.nn.Identity()
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = exact_tiny()
+    x = torch.randint(-3, 4, (66, 3, 32, 32), generator=torch.Generator().manual_seed(1)).double()
+    with torch.no_grad():
+        acts = model.features(x, CONVS)
+    return model, x, acts
+
+
+@pytest.mark.parametrize("batch_size,workers", [(1, 0), (7, 2), (64, 0)])
+def test_mining_equals_brute_force(tiny, batch_size, workers):
+    model, x, acts = tiny
+    loader = DataLoader(Images(x), batch_size=batch_size, num_workers=workers)
+    tops = mine_top_activations(model, loader, CONVS, k=9)
+    for layer in CONVS:
+        assert_matches(tops[layer], brute_force(acts[layer], torch.arange(66), 9))
+        assert tops[layer].num_images == 66
+
+
+def test_distinct_images_by_default(tiny):
+    model, x, _ = tiny
+    loader = DataLoader(Images(x[:12]), batch_size=5)
+    one = mine_top_activations(model, loader, ["conv1"], k=9)["conv1"]
+    assert all(len(set(row.tolist())) == 9 for row in one.dataset_indices)
+    three = mine_top_activations(model, loader, ["conv1"], k=9, per_image=3)["conv1"]
+    counts = [np.bincount(row.numpy()).max() for row in three.dataset_indices]
+    assert max(counts) <= 3 and max(counts) > 1  # several positions of one image now allowed
+    assert (three.values[:, 0] == one.values[:, 0]).all()
+
+
+def test_resume_after_crash_is_identical(tiny, tmp_path):
+    model, x, _ = tiny
+    x = x[:24]
+    full = mine_top_activations(model, DataLoader(Images(x), batch_size=4), CONVS, k=5)
+    state = tmp_path / "mine.state"
+    crashing = Images(x, fail_at=14)  # batch 3 (0-based) fails
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        mine_top_activations(model, DataLoader(crashing, batch_size=4), CONVS, k=5, state_path=state, save_every=2)
+    assert torch.load(state, weights_only=True)["batches"] == 2  # saved after batch 2, not after 3
+    again = Images(x)
+    resumed = mine_top_activations(model, DataLoader(again, batch_size=4), CONVS, k=5, state_path=state, save_every=2)
+    assert sorted(again.reads) == list(range(8, 24))  # finished batches were not even loaded
+    for layer in CONVS:
+        assert_matches(resumed[layer], (full[layer].values, full[layer].dataset_indices, full[layer].positions))
+    assert resumed["conv1"].num_images == 24
+
+
+def test_shard_sampler_covers_each_index_once():
+    for n, world in [(20, 2), (7, 3), (2, 4)]:
+        seen = [i for r in range(world) for i in ShardSampler(n, r, world)]
+        assert seen == list(range(n))
+
+
+def _worker(rank: int, world: int, init: str, x: torch.Tensor, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        model = exact_tiny()
+        tops = mine_top_activations(model, DataLoader(Images(x), batch_size=3), ["conv2", "conv5"], k=4)
+        torch.save({k: v.to_dict() for k, v in tops.items()}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_equal_one(tiny, tmp_path):
+    import torch.multiprocessing as mp
+
+    model, x, _ = tiny
+    x = x[:21]
+    single = mine_top_activations(model, DataLoader(Images(x), batch_size=3), ["conv2", "conv5"], k=4)
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_worker, args=(2, init, x, str(tmp_path / "out")), nprocs=2, join=True)
+    for rank in range(2):
+        got = torch.load(f"{tmp_path / 'out'}.{rank}", weights_only=True)
+        for layer in ("conv2", "conv5"):
+            assert torch.equal(got[layer]["values"], single[layer].values)
+            assert torch.equal(got[layer]["dataset_indices"], single[layer].dataset_indices)
+            assert torch.equal(got[layer]["positions"], single[layer].positions)
+            assert got[layer]["num_images"] == 21
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path):
+    from PIL import Image
+
+    from convlens.data import Preprocessing, collate_skip, open_dataset
+
+    root = tmp_path / "folder"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                root / c / f"{i}.png")
+    (root / "b" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    pre = Preprocessing(36, 32, torch.full((3, 1, 1), 128.0), torch.ones(3, 1, 1))
+    ds = open_dataset(str(root), "train", pre)
+    assert len(ds) == 7
+    model = build_model("zfnet-tiny", seed=0)
+    tops = mine_top_activations(model, DataLoader(ds, batch_size=4, collate_fn=collate_skip), ["conv1"], k=9)
+    assert tops["conv1"].num_skipped == 1 and tops["conv1"].num_images == 6
+    broken = [i for i in range(7) if ds.describe(i).endswith("broken.jpg")]
+    assert broken[0] not in tops["conv1"].dataset_indices
+    assert tops["conv1"].values.shape == (8, 6)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="k and per_image"):
+        TopKAccumulator(["conv1"], k=0)
+    with pytest.raises(ValueError, match="non-empty list"):
+        TopKAccumulator("conv1")
