@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["DemoPlan", "Step", "PLANS", "run_demo", "export_images"]
+__all__ = ["DemoPlan", "Step", "PLANS", "run_demo", "export_images", "make_synthetic_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,11 @@ PLANS = {
                       evolution_images=64, evolution_maps=3, compare_epochs=1, ablate_variants="no34",
                       ablate_epochs=1, ablate_limit=256, probe_per_class=(3, 6), probe_folds=2,
                       occlusion_images=1, invariance_images=1),
+    # For tests: the tiny preset on a synthetic ImageFolder (see make_synthetic_dataset); seconds, not minutes.
+    "tiny": DemoPlan(arch="zfnet-tiny", compare_arch="zfnet-tiny", epochs=2, batch_size=16, limit_train=48,
+                     limit_val=24, mine_images=24, mine_maps=4, evolution_images=12, evolution_maps=2,
+                     compare_epochs=1, ablate_variants="no34", ablate_epochs=1, ablate_limit=24,
+                     probe_per_class=(2, 4), probe_folds=2, occlusion_images=1, invariance_images=1),
 }
 
 
@@ -153,6 +158,30 @@ def export_images(dataset: str, data_dir: str | None, folder: Path, *, split: st
         if (limit and len(out) >= limit) or len(counts) == len(classes) and min(counts.values()) >= per_class:
             break
     return out
+
+
+def make_synthetic_dataset(root: str | Path, *, classes: int = 3, per_class: int = 16, size: int = 36,
+                           seed: int = 0) -> Path:
+    """A small ImageFolder (``root/train/<class>``, ``root/test/<class>``) of striped/checkered/blob
+    images with noise: learnable in a few steps, for tests and machines without a data set."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    patterns = [lambda f, p: np.sin(yy * f + p), lambda f, p: np.sin(xx * f + p),
+                lambda f, p: np.sin(xx * f + p) * np.sin(yy * f + p),
+                lambda f, p: np.cos(np.hypot(yy - size / 2, xx - size / 2) * f + p)]
+    for split in ("train", "test"):
+        for c in range(classes):
+            folder = Path(root) / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                base = patterns[c % len(patterns)](rng.uniform(0.4, 0.9), rng.uniform(0, 6.3))
+                color = rng.uniform(0.3, 1.0, 3)
+                img = (base[..., None] * 0.5 + 0.5) * color + rng.normal(0, 0.08, (size, size, 3))
+                Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return Path(root)
 
 
 def _write_summary(out: Path, arch: str, num_classes: int) -> None:
