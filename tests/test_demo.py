@@ -1,13 +1,15 @@
 """``convlens demo``: the quick end-to-end run on Fashion-MNIST, and how a failing step is handled."""
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 from pathlib import Path
 
 import pytest
 
 from convlens.data import FASHION_MNIST_DIR
-from convlens.demo import Step, _argv, _run_step, _subcommands, make_synthetic_dataset
+from convlens.demo import Step, _argv, _run_step, _subcommands, _Tee, make_synthetic_dataset
 
 
 @pytest.mark.slow
@@ -36,12 +38,13 @@ def test_failing_or_missing_step_is_logged_and_skipped(capsys: pytest.CaptureFix
     argv = _argv("report", ["RUN"], {"--out": "X", "--no-such-flag": 3, "--skip-me": None}, cmds["report"], notes)
     assert argv == ["report", "RUN", "--out", "X"] and notes == ["'report' has no --no-such-flag; left out"]
     lines: list[str] = []
-    step = Step("bad", ["report", "/nonexistent/run"])
-    _run_step(step, lines.append)
-    assert step.status == "failed" and "does not exist" in step.message and lines[0].startswith("[demo] bad")
-    step = Step("unknown flag", ["report", "--bogus"])
-    _run_step(step, lines.append)
-    assert step.status == "failed"
+    with contextlib.redirect_stderr(_Tee(io.StringIO())):
+        step = Step("bad", ["report", "/nonexistent/run"])
+        _run_step(step, lines.append)
+        assert step.status == "failed" and "does not exist" in step.message and lines[-1].startswith("[demo] bad")
+        step = Step("unknown flag", ["report", "RUN", "--bogus"])
+        _run_step(step, lines.append)
+        assert step.status == "failed" and "--bogus" in step.message
 
 
 def test_synthetic_dataset(tmp_path: Path) -> None:

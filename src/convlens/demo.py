@@ -18,10 +18,11 @@ import argparse
 import contextlib
 import io
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TextIO
 
 __all__ = ["DemoPlan", "Step", "PLANS", "run_demo", "export_images", "make_synthetic_dataset"]
 
@@ -36,8 +37,8 @@ class DemoPlan:
     compare_arch: str = "alexnet-small"
     epochs: int = 3
     batch_size: int = 64
-    limit_train: int = 12000
-    limit_val: int = 2000
+    limit_train: int = 6000
+    limit_val: int = 1000
     mine_images: int = 2000
     mine_maps: int = 16
     evolution_images: int = 500
@@ -45,12 +46,15 @@ class DemoPlan:
     compare_epochs: int = 2
     ablate_variants: str = "no34,no7"
     ablate_epochs: int = 1
-    ablate_limit: int = 4000
+    ablate_limit: int = 2000
     probe_per_class: tuple[int, ...] = (10, 30)
     probe_folds: int = 3
+    probe_layers: str | None = None  # None: the command's default (conv1..conv5, fc6, fc7)
+    probes: str = "svm,softmax"
     occlusion_images: int = 3
     invariance_images: int = 3
     layers: str = "conv1,conv2,conv3,conv4,conv5"
+    mine_project: str = "all"  # "all": every map browsable in the explorer; "grid": only the figure's maps
 
 
 PLANS = {
@@ -58,12 +62,13 @@ PLANS = {
     "quick": DemoPlan(epochs=1, batch_size=64, limit_train=1024, limit_val=256, mine_images=256, mine_maps=6,
                       evolution_images=64, evolution_maps=3, compare_epochs=1, ablate_variants="no34",
                       ablate_epochs=1, ablate_limit=256, probe_per_class=(3, 6), probe_folds=2,
-                      occlusion_images=1, invariance_images=1),
+                      probe_layers="conv3,conv5,fc7", probes="svm", occlusion_images=1, invariance_images=1),
     # For tests: the tiny preset on a synthetic ImageFolder (see make_synthetic_dataset); seconds, not minutes.
     "tiny": DemoPlan(arch="zfnet-tiny", compare_arch="zfnet-tiny", epochs=2, batch_size=16, limit_train=48,
                      limit_val=24, mine_images=24, mine_maps=4, evolution_images=12, evolution_maps=2,
                      compare_epochs=1, ablate_variants="no34", ablate_epochs=1, ablate_limit=24,
-                     probe_per_class=(2, 4), probe_folds=2, occlusion_images=1, invariance_images=1),
+                     probe_per_class=(2, 4), probe_folds=2,
+                     probe_layers="conv5,fc7", probes="svm", mine_project="grid", occlusion_images=1, invariance_images=1),
 }
 
 
@@ -110,22 +115,48 @@ def _argv(cmd: str, positional: list[str], options: dict[str, object], accepted:
     return argv
 
 
+class _Tee(io.TextIOBase):
+    """stderr that still reaches the terminal (progress bars, logs) and keeps the current step's tail."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self.tail = stream, ""
+
+    def write(self, s: str) -> int:
+        self.stream.write(s)
+        self.tail = (self.tail + s)[-4000:]
+        return len(s)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def error_line(self) -> str:
+        lines = [ln.strip() for ln in self.tail.replace("\r", "\n").splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("error:") or "Error" in ln]
+        return (errors or lines or [""])[-1][:300]
+
+
 def _run_step(step: Step, echo: Callable[[str], None]) -> None:
     from .cli import main
 
+    echo(f"[demo] {step.name:<22} running: convlens {' '.join(step.argv)}")
+    tee = sys.stderr if isinstance(sys.stderr, _Tee) else None
+    if tee is not None:
+        tee.tail = ""
     t0 = time.perf_counter()
-    err = io.StringIO()
     try:
-        with contextlib.redirect_stderr(err):
-            code = main(step.argv)
+        code = main(step.argv)
     except SystemExit as exc:  # argparse errors
         code = exc.code if isinstance(exc.code, int) else 2
     except Exception as exc:  # noqa: BLE001 - a failing analysis must not stop the demo
         code, step.message = 1, f"{type(exc).__name__}: {exc}"
+        log.exception("step %s failed", step.name)
     step.seconds = time.perf_counter() - t0
     step.status = "ok" if code == 0 else "failed"
     if code != 0 and not step.message:
-        step.message = (err.getvalue().strip().splitlines() or [f"exit code {code}"])[-1]
+        step.message = (tee.error_line() if tee is not None else "") or f"exit code {code}"
     echo(f"[demo] {step.name:<22} {step.status:<7} {step.seconds:6.1f} s  {step.message}".rstrip())
 
 
@@ -213,9 +244,10 @@ def _analysis_steps(out: Path, plan: DemoPlan, dataset: str, data_dir: str | Non
         return Step(name, _argv(cmd, positional, options, cmds[cmd], notes))
 
     steps = [
-        step("mine (Fig. 2)", "mine", [], {"--checkpoint": ck, **data, "--layers": plan.layers + ",fc6,fc7", "--k": 9,
+        step("mine (Fig. 2)", "mine", [], {"--checkpoint": ck, **data, "--layers": plan.layers, "--k": 9,
                                            "--maps": plan.mine_maps, "--limit": plan.mine_images,
-                                           "--batch-size": 128, "--out": out / "mine"}),
+                                           "--batch-size": 128, "--workers": 0, "--project": plan.mine_project,
+                                           "--out": out / "mine"}),
         step("evolution (Fig. 4)", "evolution", [], {"--run": out, **data, "--layers": plan.layers,
                                                      "--maps": plan.evolution_maps, "--limit": plan.evolution_images,
                                                      "--out": out / "evolution"}),
@@ -239,7 +271,8 @@ def _analysis_steps(out: Path, plan: DemoPlan, dataset: str, data_dir: str | Non
                                                    "--out": out / "ablate"}),
         step("transfer (Tables 4-7)", "transfer", [], {"--checkpoint": ck, "--dataset": probe,
                                                        "--per-class": ",".join(map(str, plan.probe_per_class)),
-                                                       "--folds": plan.probe_folds, "--out": out / "transfer"}),
+                                                       "--folds": plan.probe_folds, "--layers": plan.probe_layers,
+                                                       "--probe": plan.probes, "--out": out / "transfer"}),
         step("project (Fig. 1)", "project", [], {"--checkpoint": ck, "--image": images[0] if images else None,
                                                  "--layer": "conv5", "--channel": 0, "--top": 9, "--out": out / "project"}),
     ]
@@ -264,7 +297,14 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, dataset: str
         PosixPath('runs/demo/report/index.html')
     """
     plan = plan or PLANS["quick" if quick else "full"]
-    out = Path(out)
+    if isinstance(sys.stderr, _Tee):
+        return _run_demo(Path(out), plan, quick, dataset, data_dir, echo)
+    with contextlib.redirect_stderr(_Tee(sys.stderr)):
+        return _run_demo(Path(out), plan, quick, dataset, data_dir, echo)
+
+
+def _run_demo(out: Path, plan: DemoPlan, quick: bool, dataset: str, data_dir: str | None,
+              echo: Callable[[str], None]) -> DemoResult:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     cmds, notes = _subcommands(), []
@@ -276,10 +316,10 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, dataset: str
 
     def go(step: Step) -> Step:
         result.steps.append(step)
-        if step.status == "skipped":
-            echo(f"[demo] {step.name:<22} skipped          {step.message}")
-        else:
+        if step.status == "pending":
             _run_step(step, echo)
+        else:
+            echo(f"[demo] {step.name:<22} {step.status:<7} {step.seconds:6.1f} s  {step.message}".rstrip())
         return step
 
     if "train" not in cmds:

@@ -140,22 +140,24 @@ def read_result(path: Path, root: Path | None = None) -> Result:
     path = Path(path)
     root = Path(root) if root is not None else path.parent.parent
     name = path.parent.relative_to(root).as_posix() if path.parent.is_relative_to(root) else str(path.parent)
+    name = "" if name == "." else name
+    where = name or "."
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{name}/result.json is not readable JSON: {exc}") from None
+        raise ValueError(f"{where}/result.json is not readable JSON: {exc}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("kind"), str):
-        raise ValueError(f"{name}/result.json has no 'kind' string; expected schema {SCHEMA}")
+        raise ValueError(f"{where}/result.json has no 'kind' string; expected schema {SCHEMA}")
     warnings: list[str] = []
     if raw.get("schema", SCHEMA) != SCHEMA:
-        warnings.append(f"{name}: schema {raw.get('schema')!r}, expected {SCHEMA!r}; shown as far as possible")
+        warnings.append(f"{where}: schema {raw.get('schema')!r}, expected {SCHEMA!r}; shown as far as possible")
     tables = []
     for t in raw.get("tables") or []:
         try:
             tables.append(_table(t))
         except ValueError as exc:
-            warnings.append(f"{name}: {exc}")
-    figures = _figures(raw.get("figures"), path.parent, name, warnings)
+            warnings.append(f"{where}: {exc}")
+    figures = _figures(raw.get("figures"), path.parent, where, warnings)
     params, data = raw.get("params"), raw.get("data")
     return Result(
         kind=raw["kind"], title=str(raw.get("title") or raw["kind"]), summary=str(raw.get("summary") or ""),
@@ -182,13 +184,17 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
 
 
 def _order(r: Result) -> tuple[int, str]:
+    if r.kind == "train":
+        return (-1, r.name)
     return (KIND_ORDER.index(r.kind) if r.kind in KIND_ORDER else len(KIND_ORDER), r.name)
 
 
 def _result_files(root: Path) -> list[Path]:
-    # RUN/<kind>/result.json, and one level deeper (RUN/occlusion/<image>/result.json); not the report.
+    # RUN/result.json (training), RUN/<kind>/result.json, and one level deeper
+    # (RUN/occlusion/<image>/result.json, RUN/ablate/<variant>/result.json); not the report.
     found = list(root.glob("*/result.json")) + list(root.glob("*/*/result.json"))
-    return sorted(p for p in found if p.parent.relative_to(root).parts[0] not in ("report", "checkpoints"))
+    found = [p for p in found if p.parent.relative_to(root).parts[0] not in ("report", "checkpoints")]
+    return ([root / "result.json"] if (root / "result.json").is_file() else []) + sorted(found)
 
 
 def load_run(run_dir: str | Path) -> Run:

@@ -109,23 +109,23 @@ def _activations(state: _State, mine: Result, acts: Any) -> list[dict[str, Any]]
     return out
 
 
-def _evolution(state: _State, run: Run, layer: str, m: str) -> list[dict[str, Any]]:
-    """The map's projection at each saved epoch, from evolution's data (or its figures of that layer)."""
+def _evolution(state: _State, run: Run, layer: str, m: str) -> tuple[list[dict[str, Any]], str]:
+    """The layer's Fig. 4 grid (rows = tracked maps, columns = epochs) and where map ``m`` is in it."""
     evo = run.first("evolution")
     if evo is None:
-        return []
-    info = ((evo.data.get("layers") or {}).get(layer) or {}) if isinstance(evo.data.get("layers"), dict) else {}
-    steps = (info.get("maps") or {}).get(m) if isinstance(info, dict) else None
-    out = []
-    for s in steps if isinstance(steps, list) else []:
-        if isinstance(s, dict) and isinstance(s.get("projection"), str):
-            url = state.url(s["projection"], evo.dir)
-            if url:
-                out.append({"label": f"epoch {s.get('epoch', '?')}", "url": url})
-    if not out:
-        out = [{"label": f.caption or f.path.name, "url": state.url(f.path)} for f in evo.figures
-               if f.group == layer and state.url(f.path)]
-    return out
+        return [], ""
+    layers = evo.data.get("layers") if isinstance(evo.data.get("layers"), dict) else {}
+    info = layers.get(layer) if isinstance(layers.get(layer), dict) else {}
+    tracked = [str(v) for v in info.get("maps", [])] if isinstance(info.get("maps"), list) else []
+    figures = [{"label": f.caption, "url": state.url(f.path)} for f in evo.figures if f.group == layer]
+    figures = [f for f in figures if f["url"]]
+    if not figures:
+        return [], ""
+    if m in tracked:
+        note = f"Map {m} is the row labelled {layer}:{m}."
+    else:
+        note = f"Map {m} was not among the maps tracked over training ({', '.join(tracked) or 'none'}); shown for context."
+    return figures, note
 
 
 def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None) -> Flask:
@@ -188,8 +188,9 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None) -> 
         acts = (info.get("maps") or {}).get(m) if isinstance(info, dict) else None
         if mine is None or acts is None:
             abort(404, f"no feature map {m!r} of layer {layer!r} was mined in this run")
+        evolution, note = _evolution(state, run, layer, m)
         return render_template("map.html", run=state.root.name, layer=layer, m=m,
-                               acts=_activations(state, mine, acts), evolution=_evolution(state, run, layer, m))
+                               acts=_activations(state, mine, acts), evolution=evolution, evolution_note=note)
 
     @app.route("/file/<path:rel>")
     def file(rel: str) -> Any:

@@ -150,18 +150,31 @@ def _section(sid: str, heading: str, ref: str, body: str) -> str:
 
 
 def _overview(run: Run) -> str:
+    """Sec. 3: the training configuration, the curves of metrics.csv, and the training runs in the folder."""
     parts = []
     if run.config:
-        cfg = run.config.get("config", run.config) if isinstance(run.config.get("config"), dict) else run.config
+        cfg = run.config
         keys = [k for k in _CONFIG_KEYS if k in cfg] or [k for k, v in cfg.items() if not isinstance(v, (dict, list))]
         rows = tuple((k, json.dumps(cfg[k], default=str).strip('"')) for k in keys)
         parts.append(_table(Table("Training configuration (config.json)", ("setting", "value"), rows)))
+    trains = run.of_kind("train")
+    main = next((r for r in trains if r.name == ""), None)
+    if main is not None:
+        parts.append(f'<p class="what">{escape(main.summary)}</p>')
+        parts += [_warn(w) for w in main.warnings]
     if run.metrics:
         parts.append(_curves(run.metrics))
+    if main is not None and main.tables:
+        parts.append("<details><summary>per-epoch metrics</summary>"
+                     + "".join(_table(t) for t in main.tables) + "</details>")
+    others = [r for r in trains if r is not main]
+    if others:
+        items = "".join(f"<li><code>{escape(r.name)}</code>: {escape(r.summary)}</li>" for r in others)
+        parts.append(f'<p class="what">Other training runs in this folder:</p><ul>{items}</ul>')
     if run.checkpoints:
         names = ", ".join(p.name for p in run.checkpoints)
         parts.append(f'<p class="what">Checkpoints: {escape(names)}</p>')
-    return _section("training", "Model and training", "Fig. 3, Sec. 3", "".join(parts)) if parts else ""
+    return _section("training", "Training", "Sec. 3", "".join(parts)) if parts else ""
 
 
 def _curves(metrics: tuple[dict[str, float], ...]) -> str:
@@ -184,25 +197,33 @@ def _curves(metrics: tuple[dict[str, float], ...]) -> str:
 def render_page(run: Run, out: Path, *, version: str = "") -> str:
     """The full ``index.html`` text for ``run``; copies the PNGs it shows into ``out/assets``."""
     assets = _Assets(run.root, out)
-    sections, nav = [_overview(run)], []
-    if sections[0]:
-        nav.append('<a href="#training">Training</a>')
-    kinds = list(dict.fromkeys(r.kind for r in run.results))
-    for kind in kinds:
+    sections, nav = [], []
+
+    def add(kind: str) -> None:
         results = run.of_kind(kind)
         heading, ref, _ = SECTIONS.get(kind, (results[0].title, "", ""))
-        if len(results) == 1 and kind not in SECTIONS:
-            heading = results[0].title
         body = "".join(_result(r, assets, several=len(results) > 1 or kind in SECTIONS) for r in results)
         sections.append(_section(kind, heading, ref, body))
         nav.append(f'<a href="#{escape(kind)}">{escape(heading)}</a>')
-    if not kinds:
+
+    kinds = [k for k in dict.fromkeys(r.kind for r in run.results) if k != "train"]
+    if "summary" in kinds:
+        add("summary")
+    training = _overview(run)
+    if training:
+        sections.append(training)
+        nav.append('<a href="#training">Training</a>')
+    for kind in kinds:
+        if kind != "summary":
+            add(kind)
+    if not [k for k in kinds if k != "summary"]:
         sections.append(_section("none", "Analyses", "", '<p class="what">No analysis results in this run yet '
                                  "(run e.g. <code>convlens mine --out RUN/mine</code>).</p>"))
-    arch = (run.config or {}).get("arch") or ((run.config or {}).get("config") or {}).get("arch", "")
+    cfg = run.config or {}
+    arch, dataset = cfg.get("arch", ""), cfg.get("dataset", "")
+    subtitle = " · ".join(str(v) for v in (arch, dataset, f"{len(run.results)} results") if v)
     return Template(_template("page.html")).substitute(
-        title=escape(f"convlens report: {run.root.name}"),
-        subtitle=escape(f"{arch} · {len(run.results)} analyses" if arch else f"{len(run.results)} analyses"),
+        title=escape(f"convlens report: {run.root.name}"), subtitle=escape(subtitle),
         css=_template("style.css"), nav="".join(nav), warnings="".join(_warn(w) for w in run.warnings),
         body="\n".join(s for s in sections if s), version=escape(version),
         generated=datetime.now().strftime("%Y-%m-%d %H:%M"), run=escape(str(run.root)),
