@@ -217,3 +217,83 @@ def test_bad_arguments():
         TopKAccumulator(["conv1"], k=0)
     with pytest.raises(ValueError, match="non-empty list"):
         TopKAccumulator("conv1")
+
+
+def test_patches_lie_inside_the_image_and_match_the_rf_box(tiny):
+    from convlens.receptive_field import receptive_fields, unit_box
+    from convlens.topk import unit_tiles
+
+    model, x, _ = tiny
+    x = x[:10]
+    ds = Images(x)
+    tops = mine_top_activations(model, DataLoader(ds, batch_size=10), ["conv1", "conv2", "fc6"], k=3)
+    rfs = receptive_fields(model, (32, 32))
+    for layer in ("conv1", "conv2", "fc6"):
+        top = tops[layer]
+        tiles = unit_tiles(model, ds, top, [0, 2], fill=-99.0)
+        s = tiles.patches.shape[-1]
+        assert s == min(rfs[model.resolve(layer)].size, 32) if layer != "fc6" else s == 32
+        torch.testing.assert_close(tiles.values, top.values[[0, 2]], rtol=1e-9, atol=0)  # projections start there
+        for i, c in enumerate((0, 2)):
+            for r in range(3):
+                y, xx = top.positions[c, r].tolist()
+                y0, x0, y1, x1 = tiles.boxes[i, r].tolist()
+                assert 0 <= y0 < y1 <= 32 and 0 <= x0 < x1 <= 32
+                assert (y0, x0, y1, x1) == unit_box(model, model.resolve(layer), y, xx, 32)
+                tile = tiles.patches[i, r]
+                inside = tile != -99.0
+                crop = x[int(top.dataset_indices[c, r]), :, y0:y1, x0:x1]
+                assert int(inside[0].sum()) == crop.shape[1] * crop.shape[2]
+                assert torch.equal(tile[inside].reshape(crop.shape), crop)
+                # a box clipped at the top/left edge sits at the bottom/right of its tile
+                if y0 == 0 and y1 < 32:
+                    assert inside[0, -1].any() and not inside[0, 0].any()
+
+
+def test_cli_mine_end_to_end(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from convlens.checkpoint import save_checkpoint
+    from convlens.cli import main
+    from convlens.data import Preprocessing
+
+    root = tmp_path / "images"
+    for c in ("cats", "dogs"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.random.default_rng(i + len(c)).integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(
+                root / c / f"{i}.png")
+    (root / "dogs" / "corrupt.jpg").write_bytes(b"\xff\xd8 truncated")
+    model = build_model("zfnet-tiny", seed=0, init="kaiming", num_classes=2)
+    pre = Preprocessing(36, 32, torch.full((3, 1, 1), 120.0), torch.full((3, 1, 1), 60.0))
+    save_checkpoint(tmp_path / "ck.pt", model, preprocessing=pre, class_names=["cats", "dogs"], epoch=1)
+    out = tmp_path / "mine"
+    argv = ["mine", "--checkpoint", str(tmp_path / "ck.pt"), "--dataset", str(root), "--layers", "conv1,conv5",
+            "--k", "4", "--maps", "2", "--workers", "0", "--batch-size", "4", "--out", str(out)]
+    assert main(argv) == 0
+    res = json.loads((out / "result.json").read_text())
+    assert res["kind"] == "mine" and res["data"]["skipped"] == 1 and res["data"]["images"] == 6
+    assert [f["path"] for f in res["figures"]] == ["conv1_grid.png", "conv5_grid.png"]
+    conv5 = res["data"]["layers"]["conv5"]
+    assert conv5["num_maps"] == 12 and len(conv5["maps"]) == 12
+    entry = conv5["maps"]["3"][0]
+    assert set(entry) == {"rank", "value", "index", "image", "y", "x", "box", "projection", "patch"}
+    assert entry["image"].startswith(str(root)) and (out / entry["projection"]).is_file() and (out / entry["patch"]).is_file()
+    assert [e["rank"] for e in conv5["maps"]["3"]] == [0, 1, 2, 3]
+    assert main(argv[:-2] + ["--k", "0", "--out", str(out)]) == 2  # bad argument: exit code 2
+
+
+def test_cli_mine_rejects_unknown_layer(tmp_path, capsys):
+    from convlens.cli import main
+
+    model = build_model("zfnet-tiny", seed=0)
+    from convlens.checkpoint import save_checkpoint
+    from convlens.data import Preprocessing
+
+    save_checkpoint(tmp_path / "ck.pt", model, preprocessing=Preprocessing(32, 32, torch.zeros(3, 1, 1), torch.ones(3, 1, 1)),
+                    class_names=[str(i) for i in range(5)], epoch=1)
+    code = main(["mine", "--checkpoint", str(tmp_path / "ck.pt"), "--dataset", str(tmp_path), "--layers", "conv9",
+                 "--out", str(tmp_path / "o")])
+    assert code == 2 and "conv9" in capsys.readouterr().err
