@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_explorer import png_bytes, tiny_run_dir
+from test_explorer import png_bytes, shared_run_dir
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -41,7 +41,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory):
 
     from convlens.explorer import create_app
 
-    server = make_server("127.0.0.1", 0, create_app(tiny_run_dir(tmp_path_factory)), threaded=True)
+    server = make_server("127.0.0.1", 0, create_app(shared_run_dir(tmp_path_factory)), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
@@ -56,7 +56,7 @@ def _all_loaded(page) -> None:
 def test_report_opens_from_disk(browser, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
     from convlens.report import build_report
 
-    index = build_report(tiny_run_dir(tmp_path_factory))
+    index = build_report(shared_run_dir(tmp_path_factory))
     moved = tmp_path / "copied-report"  # the folder alone, elsewhere: still complete
     shutil.copytree(index.parent, moved)
     page = browser.new_page(viewport={"width": 1200, "height": 900})

@@ -3,32 +3,29 @@ from __future__ import annotations
 
 import contextlib
 import io
-import time
+import re
 from pathlib import Path
 
 import pytest
 
 from convlens.data import FASHION_MNIST_DIR
 from convlens.demo import Step, _argv, _run_step, _subcommands, _Tee, make_synthetic_dataset
+from test_explorer import run_info, shared_run_dir
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason=f"{FASHION_MNIST_DIR} missing (apt-get install dataset-fashion-mnist)")
-def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from convlens.cli import main
-
-    t0 = time.perf_counter()
-    assert main(["demo", "--quick", "--strict", "--out", str(tmp_path / "demo")]) == 0
-    seconds = time.perf_counter() - t0
-    out = capsys.readouterr().out
-    index = tmp_path / "demo" / "report" / "index.html"
-    assert f"[demo] report: {index.resolve()}" in out
-    assert " failed " not in out, out
+def test_demo_quick_end_to_end(tmp_path_factory: pytest.TempPathFactory) -> None:
+    run = shared_run_dir(tmp_path_factory)  # 'convlens demo --quick', run once per session
+    info = run_info(run)
+    index = run / "report" / "index.html"
+    assert info["how"] == "demo --quick" and info["code"] == 0
+    assert f"[demo] report: {index.resolve()}" in info["stdout"]
+    assert not re.search(r"^\[demo\] .* failed ", info["stdout"], re.M), info["stdout"]
     html = index.read_text()
-    for section in ("training", "summary", "mine", "evolution", "invariance", "diagnose", "occlusion",
+    for section in ("summary", "training", "mine", "evolution", "invariance", "diagnose", "occlusion",
                     "ablate", "transfer", "project"):
         assert f'<section id="{section}"' in html, section
-    assert seconds < 240, f"demo --quick took {seconds:.0f} s"
+    assert info["seconds"] < 240, f"demo --quick took {info['seconds']} s"
 
 
 def test_failing_or_missing_step_is_logged_and_skipped(capsys: pytest.CaptureFixture[str]) -> None:

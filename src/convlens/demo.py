@@ -37,14 +37,16 @@ class DemoPlan:
     compare_arch: str = "alexnet-small"
     epochs: int = 3
     batch_size: int = 64
-    limit_train: int = 6000
+    init: str = "kaiming"  # the paper's N(0, 0.01) init needs many more epochs than a demo has
+    limit_train: int = 4000
     limit_val: int = 1000
     mine_images: int = 2000
     mine_maps: int = 16
     evolution_images: int = 500
     evolution_maps: int = 6
     compare_epochs: int = 2
-    ablate_variants: str = "no34,no7"
+    diagnose_images: int = 256
+    ablate_variants: str = "base,no34,no7"
     ablate_epochs: int = 1
     ablate_limit: int = 2000
     probe_per_class: tuple[int, ...] = (10, 30)
@@ -60,13 +62,13 @@ class DemoPlan:
 PLANS = {
     "full": DemoPlan(),
     "quick": DemoPlan(epochs=1, batch_size=64, limit_train=1024, limit_val=256, mine_images=256, mine_maps=6,
-                      evolution_images=64, evolution_maps=3, compare_epochs=1, ablate_variants="no34",
-                      ablate_epochs=1, ablate_limit=256, probe_per_class=(3, 6), probe_folds=2,
-                      probe_layers="conv3,conv5,fc7", probes="svm", occlusion_images=1, invariance_images=1),
+                      evolution_images=64, evolution_maps=3, compare_epochs=1, ablate_variants="base,no34",
+                      ablate_epochs=1, ablate_limit=256, diagnose_images=64, probe_per_class=(3, 6), probe_folds=2,
+                      probe_layers="conv3,conv5,fc7", probes="svm", mine_project="grid", occlusion_images=1, invariance_images=1),
     # For tests: the tiny preset on a synthetic ImageFolder (see make_synthetic_dataset); seconds, not minutes.
     "tiny": DemoPlan(arch="zfnet-tiny", compare_arch="zfnet-tiny", epochs=2, batch_size=16, limit_train=48,
                      limit_val=24, mine_images=24, mine_maps=4, evolution_images=12, evolution_maps=2,
-                     compare_epochs=1, ablate_variants="no34", ablate_epochs=1, ablate_limit=24,
+                     compare_epochs=1, ablate_variants="no34", ablate_epochs=1, ablate_limit=24, diagnose_images=16,
                      probe_per_class=(2, 4), probe_folds=2,
                      probe_layers="conv5,fc7", probes="svm", mine_project="grid", occlusion_images=1, invariance_images=1),
 }
@@ -222,13 +224,13 @@ def _write_summary(out: Path, arch: str, num_classes: int) -> None:
 
     model = build_model(arch, num_classes=num_classes)
     rows = [[r["stage"], "x".join(str(s) for s in r["shape"]), f"{int(r['params']):,}"]  # type: ignore[union-attr]
-            for r in summary(model)]
+            for r in summary(model) if not str(r["stage"]).startswith(("relu", "drop"))]
     total = sum(int(r["params"]) for r in summary(model))  # type: ignore[call-overload]
     write_result(out / "summary", "summary", title=f"{arch}: layers, output shapes and parameters (Fig. 3)",
                  summary=f"{arch} on {model.cfg.input_size}x{model.cfg.input_size} inputs, {total:,} parameters; "
                          "the stage order and sizes of the paper's Fig. 3, scaled down.",
                  params={"arch": arch, "input_size": model.cfg.input_size, "num_classes": num_classes},
-                 tables=[{"title": "Stages", "columns": ["stage", "output shape", "parameters"], "rows": rows}])
+                 tables=[{"title": "Stages (ReLU and dropout stages, which keep the shape, left out)", "columns": ["stage", "output shape", "parameters"], "rows": rows}])
 
 
 def _analysis_steps(out: Path, plan: DemoPlan, dataset: str, data_dir: str | None,
@@ -254,7 +256,7 @@ def _analysis_steps(out: Path, plan: DemoPlan, dataset: str, data_dir: str | Non
         step("invariance (Fig. 5)", "invariance", [], {"--checkpoint": ck, "--layers": "conv1,fc7",
                                                        "--out": out / "invariance"}),
         step("diagnose (Fig. 6)", "diagnose", [], {"--checkpoint": ck, "--compare": out / "compare" / "checkpoints" / "last.pt",
-                                                   **data, "--limit": plan.limit_val, "--out": out / "diagnose"}),
+                                                   **data, "--limit": plan.diagnose_images, "--out": out / "diagnose"}),
     ]
     inv = steps[2]
     if inv.argv:
@@ -309,7 +311,7 @@ def _run_demo(out: Path, plan: DemoPlan, quick: bool, dataset: str, data_dir: st
     t_start = time.perf_counter()
     cmds, notes = _subcommands(), []
     data = {"--dataset": dataset, "--data-dir": data_dir}
-    train = {"--arch": plan.arch, **data, "--epochs": plan.epochs, "--batch-size": plan.batch_size,
+    train = {"--arch": plan.arch, **data, "--epochs": plan.epochs, "--batch-size": plan.batch_size, "--init": plan.init,
              "--limit-train": plan.limit_train, "--limit-val": plan.limit_val, "--seed": 0}
     result = DemoResult(out, None)
     echo(f"[demo] {'quick' if quick else 'full'} demo of convlens on {dataset} -> {out}")

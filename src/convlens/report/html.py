@@ -79,20 +79,23 @@ def _warn(msg: str) -> str:
 
 def _is_num(s: str) -> bool:
     try:
-        float(s.replace("%", "").replace("±", " ").split()[0])
+        float(s.replace("%", "").replace(",", "").replace("±", " ").split()[0])
         return True
     except (ValueError, IndexError):
-        return False
+        return s.strip() in ("-", "nan", "")
 
 
 def _table(t: Table) -> str:
     head = "".join(f"<th>{escape(c)}</th>" for c in t.columns)
+    width = max([len(t.columns)] + [len(r) for r in t.rows])
+    numeric = [all(_is_num(r[j]) for r in t.rows if j < len(r)) and any(j < len(r) for r in t.rows)
+               for j in range(width)]  # right-align a column only if all its cells are numbers
     body = "".join(
-        "<tr>" + "".join(f'<td{" class=num" if _is_num(c) else ""}>{escape(c)}</td>' for c in row) + "</tr>"
-        for row in t.rows
+        "<tr>" + "".join(f'<td{" class=num" if numeric[j] else ""}>{escape(c)}</td>' for j, c in enumerate(row))
+        + "</tr>" for row in t.rows
     )
-    cap = f"<caption>{escape(t.title)}</caption>" if t.title else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    title = f'<p class="tt">{escape(t.title)}</p>' if t.title else ""
+    return f'<div class="table">{title}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _params(params: dict[str, Any]) -> str:
@@ -108,10 +111,12 @@ def _figures(r: Result, assets: _Assets) -> str:
         cap = f"<figcaption>{escape(f.caption)}</figcaption>" if f.caption else ""
         img = f'<img src="{assets.url(f.path)}" alt="{escape(f.caption or f.path.name)}">'
         groups.setdefault(f.group, []).append(f"<figure>{img}{cap}</figure>")
-    return "".join(
-        f'<div class="group">{f"<h4>{escape(g)}</h4>" if g else ""}<div class="figs">{"".join(items)}</div></div>'
+    named = len(groups) > 1 or not ({"", r.kind} & set(groups))  # no heading that only repeats the kind
+    html = "".join(
+        f'<div class="group">{f"<h4>{escape(g)}</h4>" if g and named else ""}<div class="figs">{"".join(items)}</div></div>'
         for g, items in groups.items()
     )
+    return f'<div class="groups">{html}</div>' if html else ""
 
 
 def _mine_from_data(r: Result, assets: _Assets, maps_per_layer: int = 8) -> str:
@@ -224,7 +229,7 @@ def render_page(run: Run, out: Path, *, version: str = "") -> str:
     subtitle = " · ".join(str(v) for v in (arch, dataset, f"{len(run.results)} results") if v)
     return Template(_template("page.html")).substitute(
         title=escape(f"convlens report: {run.root.name}"), subtitle=escape(subtitle),
-        css=_template("style.css"), nav="".join(nav), warnings="".join(_warn(w) for w in run.warnings),
+        css=_template("style.css"), nav=" ".join(nav), warnings="".join(_warn(w) for w in run.warnings),
         body="\n".join(s for s in sections if s), version=escape(version),
         generated=datetime.now().strftime("%Y-%m-%d %H:%M"), run=escape(str(run.root)),
     )
