@@ -97,7 +97,12 @@ class _Top:
 
 
 def _candidates(act: torch.Tensor, per_image: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-    """Per image and map, its ``per_image`` largest activations: values, flat positions (C, B*p), (H, W)."""
+    """Per image and map, its ``per_image`` largest activations: values, flat positions (C, B*p), (H, W).
+
+    One ``max`` (values and first indices in one pass) per layer and batch: measured here against
+    ``amax`` plus an argmax restricted to the images that can still enter the top-k, it was faster
+    (1.04x vs 1.09x a bare forward, paired, ZFNet at 224, batch 64, busy 2-core CPU).
+    """
     if act.dim() == 2:
         act = act[:, :, None, None]
     if act.dim() != 4:
@@ -140,19 +145,23 @@ class TopKAccumulator:
     def update(self, acts: Mapping[str, torch.Tensor], indices: torch.Tensor) -> None:
         """Add one batch: ``acts[layer]`` (B, C, H, W) or (B, F); ``indices`` (B,) dataset indices."""
         for layer in self.layers:
-            act = acts[layer].detach()
-            if act.shape[0] != len(indices):
-                raise ValueError(f"{layer}: {act.shape[0]} activations but {len(indices)} indices")
-            values, flat, hw = _candidates(act, self.per_image)
-            idx = indices.to(device=act.device, dtype=torch.long)
-            idx = idx.repeat_interleave(values.shape[1] // max(len(idx), 1))[None].expand_as(values)
-            top = self._tops.get(layer)
-            if top is None:
-                top = self._tops[layer] = _Top.empty(values.shape[0], self.k, hw, values)
-            elif top.values.device != values.device:  # e.g. state loaded on the CPU, mining on a GPU
-                top.values, top.indices, top.flat = (t.to(values.device) for t in (top.values, top.indices, top.flat))
-            top.push(values, idx, flat, self.k, by_pos=self.per_image > 1)
+            self.update_layer(layer, acts[layer], indices)
         self.num_images += len(indices)
+
+    def update_layer(self, layer: str, act: torch.Tensor, indices: torch.Tensor) -> None:
+        """Add one layer of a batch (the caller counts the images: ``num_images``)."""
+        act = act.detach()
+        if act.shape[0] != len(indices):
+            raise ValueError(f"{layer}: {act.shape[0]} activations but {len(indices)} indices")
+        top = self._tops.get(layer)
+        if top is not None and top.values.device != act.device:  # e.g. state loaded on the CPU, mining on a GPU
+            top.values, top.indices, top.flat = (t.to(act.device) for t in (top.values, top.indices, top.flat))
+        values, flat, hw = _candidates(act, self.per_image)
+        idx = indices.to(device=act.device, dtype=torch.long)
+        idx = idx.repeat_interleave(values.shape[1] // max(len(idx), 1))[None].expand_as(values)
+        if top is None:
+            top = self._tops[layer] = _Top.empty(values.shape[0], self.k, hw, values)
+        top.push(values, idx, flat, self.k, by_pos=self.per_image > 1)
 
     def merge(self, other: "TopKAccumulator") -> None:
         """Fold in an accumulator that saw *other* images (another shard): exact union top-k."""
