@@ -1,0 +1,105 @@
+"""``convlens train``: the paper's training recipe (Sec. 3) into a run directory.
+
+Flags map one-to-one to :class:`convlens.train.TrainConfig` fields; ``--config FILE.toml`` sets
+fields first and flags override it. Under ``torchrun --nproc-per-node N`` it trains with DDP.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from ..model import get_config
+from ..train import TrainConfig, fit
+
+_S = argparse.SUPPRESS  # flags left out do not override --config / the TrainConfig defaults
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a convnet with the paper's recipe (SGD, filter clipping, LR annealing)",
+        description="Train with the paper's recipe: SGD batch 128, lr 0.01, momentum 0.9, N(0, 0.01^2) init, "
+        "dropout 0.5, x0.1 LR when the validation error plateaus, conv filters clipped to RMS 0.1. "
+        "Writes RUN/config.json, metrics.csv, checkpoints/epoch_NNN.pt + last.pt, mean.pt, result.json.",
+        epilog="example: convlens train --arch zfnet-small --dataset fashion-mnist --epochs 8 --init kaiming "
+        "--out runs/fmnist.  Multi-process: torchrun --nproc-per-node 2 -m convlens train ...",
+    )
+    p.add_argument("--config", type=Path, default=None, help="TOML file of TrainConfig fields (flags override it)")
+    p.add_argument("--arch", default=_S, help="architecture, e.g. zfnet-small, zfnet, zfnet-small:no34")
+    p.add_argument("--dataset", default=_S, help="fashion-mnist, cifar10 or an ImageFolder directory")
+    p.add_argument("--data-dir", dest="data_dir", default=_S, help="where the named dataset lives")
+    p.add_argument("--out", default=_S, help="run directory (required)")
+    p.add_argument("--epochs", type=int, default=_S, help="number of epochs (default 10)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=_S, help="global mini-batch (default 128)")
+    p.add_argument("--lr", type=float, default=_S, help="initial learning rate (default 0.01)")
+    p.add_argument("--momentum", type=float, default=_S, help="SGD momentum (default 0.9)")
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=_S, help="default 0")
+    p.add_argument("--init", choices=("paper", "kaiming"), default=_S,
+                   help="paper: N(0, 0.01^2) weights, zero biases (default); kaiming: He-normal")
+    p.add_argument("--clip-radius", dest="clip_radius", type=float, default=_S,
+                   help="feature-scale clipping radius: conv filter RMS cap (default 0.1)")
+    p.add_argument("--no-clip", dest="clip_radius", action="store_const", const=None, default=_S,
+                   help="turn filter clipping off (Fig. 6(a))")
+    p.add_argument("--dropout", type=float, default=_S, help="dropout in fc6/fc7 (default: the arch's, 0.5)")
+    p.add_argument("--normalize-std", dest="normalize_std", action="store_true", default=_S,
+                   help="divide inputs by the training pixel std (unit variance; use with --init kaiming)")
+    p.add_argument("--seed", type=int, default=_S, help="random seed (default 0)")
+    p.add_argument("--limit-train", dest="limit_train", type=int, default=_S, help="use the first N training images")
+    p.add_argument("--limit-val", dest="limit_val", type=int, default=_S, help="use the first N test images")
+    p.add_argument("--limit", dest="limit_train", type=int, default=_S, help="alias of --limit-train")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=_S, help="default auto")
+    p.add_argument("--amp", action="store_true", default=_S, help="CUDA: bf16/fp16 autocast")
+    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=_S,
+                   help="channels_last memory format (faster convs and pooling on CPU and GPU)")
+    p.add_argument("--compile", action="store_true", default=_S,
+                   help="torch.compile the training step (start-up: tens of seconds)")
+    p.add_argument("--workers", type=int, default=_S, help="DataLoader worker processes (default 0)")
+    p.add_argument("--resume", action="store_true", default=_S, help="continue from RUN/checkpoints/last.pt")
+    p.add_argument("--checkpoint-epochs", dest="checkpoint_epochs", default=_S,
+                   help="comma-separated epochs to keep as epoch_NNN.pt (default: every epoch)")
+    p.add_argument("--plateau-patience", dest="plateau_patience", type=int, default=_S,
+                   help="epochs without val-error improvement before lr x0.1 (default 2)")
+    p.add_argument("--warmup-epochs", dest="warmup_epochs", type=int, default=_S,
+                   help="ramp the lr from 0.1x to 1x over these epochs (default 0)")
+    p.set_defaults(func=run)
+
+
+def _epochs_list(value: Any) -> tuple[int, ...] | None:
+    if value is None or isinstance(value, (list, tuple)):
+        return tuple(int(v) for v in value) if value is not None else None
+    try:
+        return tuple(int(v) for v in str(value).split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--checkpoint-epochs must be comma-separated integers like 1,5,10, got {value!r}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig defaults <- ``--config`` TOML <- explicit flags."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        if not args.config.is_file():
+            raise FileNotFoundError(f"--config file not found: {args.config}")
+        values.update(tomllib.loads(args.config.read_text()))
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"--config {args.config}: unknown keys {unknown}; expected TrainConfig fields")
+    values.update({k: v for k, v in vars(args).items() if k in fields})
+    if not values.get("out"):
+        raise ValueError("--out is required: the run directory to write checkpoints and metrics to")
+    if "checkpoint_epochs" in values:
+        values["checkpoint_epochs"] = _epochs_list(values["checkpoint_epochs"])
+    get_config(values.get("arch", TrainConfig.arch))  # unknown architecture -> ValueError before data loading
+    return TrainConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    result = fit(cfg, progress=True, argv=sys.argv[1:])
+    print(f"done: {result.get('epoch', 0)} epochs, val top-1 error {result.get('val_top1_err', float('nan')):.4f}, "
+          f"top-5 error {result.get('val_top5_err', float('nan')):.4f}; run directory {cfg.out}")
+    return 0

@@ -1,0 +1,609 @@
+"""The paper's training recipe (Sec. 3 "Training Details") and top-1/top-5 evaluation (Table 2).
+
+Defaults follow the paper: SGD with mini-batches of 128, learning rate 1e-2, momentum 0.9,
+dropout 0.5 in fc6/fc7 (in the model), weights drawn from N(0, 1e-2^2) and biases 0
+(``init="paper"``), the learning rate multiplied by 0.1 when the validation error plateaus, and
+**feature-scale clipping**: after every update, each conv filter whose RMS exceeds 0.1 is
+rescaled to RMS 0.1 (:func:`renormalize_filters`; ``clip_radius=None`` turns it off, Fig. 6(a)).
+
+Departures from the paper: the annealing is automatic (``ReduceLROnPlateau`` on the validation
+top-1 error, ``plateau_patience`` epochs) rather than manual; ``init="kaiming"`` offers He-normal
+weights, which train small nets from scratch without the paper init's long initial plateau;
+``warmup_epochs`` ramps the learning rate linearly from 0.1x over the first epochs.
+
+Determinism: each epoch's shuffle comes from ``seed + epoch`` (the DistributedSampler rule, also
+used in one process), and checkpoints hold the RNG states, so on CPU ``2 epochs`` equals
+``1 epoch + resume + 1 epoch`` bit for bit.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data.distributed import DistributedSampler
+from tqdm.auto import tqdm
+
+from . import data, distributed
+from .artifacts import write_result
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import DistInfo, all_reduce_sum
+from .model import ConvNet, get_config, init_weights
+
+__all__ = [
+    "TrainConfig",
+    "renormalize_filters",
+    "train_one_epoch",
+    "evaluate",
+    "fit",
+    "RunData",
+    "build_train_model",
+    "METRICS_COLUMNS",
+    "make_loader",
+    "resolve_device",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (one field per ``convlens train`` flag).
+
+    ``batch_size`` is the global batch (split over processes under torchrun). ``clip_radius``
+    None turns feature-scale clipping off. ``checkpoint_epochs`` None writes
+    ``checkpoints/epoch_NNN.pt`` after every epoch (``last.pt`` is always written).
+    """
+
+    arch: str = "zfnet-small"
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    out: str | None = None
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    init: str = "paper"
+    clip_radius: float | None = 0.1
+    seed: int = 0
+    limit_train: int | None = None
+    limit_val: int | None = None
+    device: str = "auto"
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    workers: int = 0
+    resume: bool = False
+    checkpoint_epochs: tuple[int, ...] | None = None
+    plateau_patience: int = 2
+    plateau_factor: float = 0.1
+    plateau_threshold: float = 0.001
+    min_lr: float = 1e-5
+    warmup_epochs: int = 0
+    dropout: float | None = None  # None: the architecture's (0.5)
+    normalize_std: bool = False  # divide inputs by the training pixel std (unit variance, for He init)
+
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.init not in ("paper", "kaiming"):
+            raise ValueError(f"init must be 'paper' or 'kaiming', got {self.init!r}")
+        if self.clip_radius is not None and not self.clip_radius > 0:
+            raise ValueError(f"clip_radius must be > 0 (or None to turn clipping off), got {self.clip_radius}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")
+        for name in ("limit_train", "limit_val"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive number of images, got {value}")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0 or self.workers < 0:
+            raise ValueError("momentum must be in [0, 1), weight_decay >= 0 and workers >= 0")
+
+    def replace(self, **kw: object) -> TrainConfig:
+        return dataclasses.replace(self, **kw)  # type: ignore[arg-type]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def renormalize_filters(model: nn.Module, radius: float) -> None:
+    """The paper's feature-scale clipping: rescale every conv filter whose RMS exceeds ``radius``.
+
+    A filter is one output channel's weights ``w[o]`` (all input channels and taps); its RMS is
+    ``sqrt(mean(w[o] ** 2))``. Filters at or under the radius are left untouched; larger ones are
+    scaled to RMS exactly ``radius``. Biases are not changed. Works in place.
+
+    Example:
+        >>> conv = nn.Conv2d(1, 2, 1); conv.weight.data[:] = torch.tensor([0.05, 3.0]).view(2, 1, 1, 1)
+        >>> renormalize_filters(conv, 0.1); conv.weight.flatten().tolist()
+        [0.05, 0.1]
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            w = m.weight  # (out, in, kh, kw), any memory format (channels_last too)
+            rms = w.float().pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()  # (out, 1, 1, 1)
+            scale = torch.where(rms > radius, radius / rms, torch.ones_like(rms))
+            w.mul_(scale.to(w.dtype))
+
+
+def _topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """(top-1 correct, top-k correct) counts as a float64 tensor of 2."""
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices  # (B, k)
+    hit = top == y[:, None]
+    return torch.stack([hit[:, 0].sum(), hit.any(dim=1).sum()]).double()
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, workers: int = 0, dist_info: DistInfo | None = None
+) -> DataLoader:
+    """A DataLoader with the DistributedSampler rule in one process too (shuffle from seed + epoch).
+
+    ``batch_size`` is global; each rank gets ``batch_size // world_size``. Call
+    ``loader.sampler.set_epoch(epoch)`` before each epoch (``fit`` does).
+    """
+    info = dist_info or DistInfo()
+    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=train, seed=seed)
+    per_rank = max(1, batch_size // info.world_size)
+    return DataLoader(dataset, per_rank, sampler=sampler, num_workers=workers, collate_fn=_collate,
+                      persistent_workers=workers > 0)
+
+
+def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    if not amp or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    *,
+    clip_radius: float | None = 0.1,
+    amp: bool = False,
+    scaler: torch.amp.GradScaler | None = None,
+    channels_last: bool = False,
+    dist_info: DistInfo | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """One pass of SGD over ``loader`` (batches ``(x, y, ...)``), clipping filters after each step.
+
+    Args:
+        model: in train mode afterwards; may be DDP- or compile-wrapped (clipping reaches inside).
+        loader: yields ``(x (B, 3, H, W), y (B,))`` (extra items, e.g. indices, are ignored).
+        optimizer: stepped once per batch.
+        clip_radius: feature-scale clipping radius, None = off.
+        amp: autocast on CUDA (bf16 where supported, else fp16; ignored on CPU).
+        scaler: a ``GradScaler`` for fp16 autocast (``fit`` makes one when bf16 is unsupported).
+        dist_info: the process group (metrics are summed over ranks).
+
+    Returns:
+        ``loss``, ``top1_err``, ``top5_err`` over the epoch's training batches, ``images``, ``seconds``.
+    """
+    model.train()
+    device = _device_of(model)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss*n, top1, top5, n
+    start = time.perf_counter()
+    bar = tqdm(loader, disable=not progress, unit="batch", leave=False, dynamic_ncols=True)
+    for batch in bar:
+        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        if len(y) == 0:  # every image of the batch was unreadable (logged by the dataset)
+            continue
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if clip_radius is not None:
+            renormalize_filters(model, clip_radius)
+        with torch.no_grad():
+            sums += torch.cat([(loss.detach() * len(y))[None].double(), _topk_correct(logits, y, 5),
+                               torch.tensor([len(y)], dtype=torch.float64, device=device)])
+        if progress:
+            n = sums[3].item() * (dist_info.world_size if dist_info else 1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{n / (time.perf_counter() - start):.0f}")
+    all_reduce_sum(sums, dist_info or DistInfo())
+    loss_sum, top1, top5, n = sums.tolist()
+    n = max(n, 1.0)
+    return {"loss": loss_sum / n, "top1_err": 1 - top1 / n, "top5_err": 1 - top5 / n, "images": n,
+            "seconds": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module | Sequence[nn.Module], loader: Iterable, *, ten_crop: bool = False, progress: bool = False
+) -> dict[str, float]:
+    """Top-1/top-5 error and loss; 10-crop and ensembles average the softmax (Sec. 3, Table 2).
+
+    Args:
+        model: one model, or several (an ensemble: their softmax outputs are averaged).
+        loader: yields ``(x, y, ...)`` with x ``(B, 3, H, W)``, or ``(B, K, 3, H, W)`` with
+            ``ten_crop=True`` (K crops of each image, e.g. ``data.ten_crop``'s 10).
+        ten_crop: average the softmax over the K crops of each image.
+
+    Returns:
+        ``loss`` (mean negative log of the averaged probability of the true class), ``top1_err``,
+        ``top5_err`` (fractions in [0, 1]) and ``images``. Each model's train/eval mode is restored.
+
+    Example:
+        >>> res = evaluate(model, DataLoader(TensorDataset(x, y), batch_size=64))
+        >>> print(f"top-1 error {res['top1_err']:.1%}")
+    """
+    models = [model] if isinstance(model, nn.Module) else list(model)
+    if not models:
+        raise ValueError("evaluate needs at least one model")
+    modes = [m.training for m in models]
+    device = _device_of(models[0])
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    try:
+        for m in models:
+            m.eval()
+        for batch in tqdm(loader, disable=not progress, unit="batch", leave=False):
+            x, y = batch[0].to(device), batch[1].to(device)
+            if len(y) == 0:
+                continue
+            logp = _mean_log_softmax(models, x, ten_crop)  # (B, C)
+            nll = F.nll_loss(logp, y, reduction="sum").double()
+            sums += torch.cat([nll[None], _topk_correct(logp, y, 5),
+                               torch.tensor([len(y)], dtype=torch.float64, device=device)])
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+    loss_sum, top1, top5, n = sums.tolist()
+    n = max(n, 1.0)
+    return {"loss": loss_sum / n, "top1_err": 1 - top1 / n, "top5_err": 1 - top5 / n, "images": n}
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _mean_log_softmax(models: list[nn.Module], x: torch.Tensor, ten_crop: bool) -> torch.Tensor:
+    """log of the softmax averaged over models and crops, computed stably with logsumexp."""
+    if ten_crop:
+        if x.dim() != 5:
+            raise ValueError(f"ten_crop expects batches of shape (B, K, 3, H, W), got {tuple(x.shape)}")
+        b, k = x.shape[:2]
+        x = x.flatten(0, 1)  # (B*K, 3, H, W)
+    elif x.dim() != 4:
+        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(x.shape)}; pass ten_crop=True for crops")
+    else:
+        b, k = x.shape[0], 1
+    logps = [F.log_softmax(m(x).float(), dim=1).view(b, k, -1) for m in models]  # each (B, K, C)
+    stacked = torch.cat(logps, dim=1)  # (B, M*K, C)
+    return torch.logsumexp(stacked, dim=1) - math.log(stacked.shape[1])
+
+# ----------------------------------------------------------------------------- the run (fit)
+
+METRICS_COLUMNS = ("epoch", "train_loss", "train_top1_err", "train_top5_err", "val_loss", "val_top1_err",
+                   "val_top5_err", "lr", "seconds")
+
+
+def build_train_model(cfg: TrainConfig, num_classes: int) -> ConvNet:
+    """The model ``fit`` trains: ``cfg.arch`` with ``num_classes`` outputs, ``cfg.init``, seeded."""
+    arch = get_config(cfg.arch, num_classes=num_classes)
+    if cfg.dropout is not None:
+        arch = arch.replace(dropout=cfg.dropout)
+    model = ConvNet(arch)
+    init_weights(model, cfg.init, generator=torch.Generator().manual_seed(cfg.seed))
+    return model
+
+
+def fit(cfg: TrainConfig, *, progress: bool = False, datasets: RunData | None = None,
+        argv: Sequence[str] | None = None) -> dict[str, float]:
+    """Train ``cfg.arch`` on ``cfg.dataset`` with the paper's recipe; write the run directory.
+
+    Writes ``cfg.out/config.json``, ``metrics.csv`` (one row per epoch), ``checkpoints/epoch_NNN.pt``
+    and ``checkpoints/last.pt`` (atomic; everything needed for ``resume``) and ``result.json``.
+    Under ``torchrun`` it trains with DDP (only rank 0 writes files and evaluates).
+
+    Args:
+        cfg: the run's configuration.
+        progress: show tqdm bars with images/s.
+        datasets: use these instead of opening ``cfg.dataset`` (tests, notebooks).
+        argv: the command line, recorded in config.json.
+
+    Returns:
+        The last epoch's metrics: ``epoch``, ``train_loss``, ``train_top1_err``, ``train_top5_err``,
+        ``val_loss``, ``val_top1_err``, ``val_top5_err``, ``lr``, ``seconds``.
+
+    Example:
+        >>> cfg = TrainConfig(arch="zfnet-small", dataset="fashion-mnist", epochs=3, out="runs/fm")
+        >>> fit(cfg, progress=True)["val_top1_err"]
+        0.087
+    """
+    device = resolve_device(cfg.device)
+    info = distributed.setup(device)
+    if device.type == "cuda" and info.enabled:
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        return _Run(cfg, device, info, datasets, list(argv or []), progress).train(progress)
+    finally:
+        distributed.teardown(info)
+
+
+@dataclass(frozen=True)
+class RunData:
+    """What ``fit`` trains on: datasets yielding ``(x, y, ...)``, class names, the preprocessing."""
+
+    train: Dataset
+    val: Dataset | None
+    class_names: tuple[str, ...]
+    preprocessing: Any = None  # data.Preprocessing; saved with every checkpoint
+
+
+class _Run:
+    """The state of one training run: model, optimizer, scheduler, loaders, history."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, info: DistInfo, datasets: RunData | None,
+                 argv: list[str], progress: bool) -> None:
+        self.cfg, self.device, self.info, self.argv = cfg, device, info, argv
+        self.out = Path(cfg.out) if cfg.out else None
+        torch.manual_seed(cfg.seed)  # dropout and augmentation draw from the global RNG
+        self.data = datasets if datasets is not None else open_run_data(cfg, self.out, progress=progress)
+        if self.data.preprocessing is None:
+            size = get_config(cfg.arch).input_size
+            self.data = dataclasses.replace(self.data, preprocessing=_identity_preprocessing(size))
+        self.model = build_train_model(cfg, len(self.data.class_names)).to(device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+            threshold=cfg.plateau_threshold, threshold_mode="abs", min_lr=cfg.min_lr)
+        fp16 = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+        self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
+        self.rows: list[dict[str, float]] = []
+        self.start_epoch = self._resume() if cfg.resume else 0
+        self.step_model = self._wrap(self.model)
+        self.train_loader = make_loader(self.data.train, cfg.batch_size, train=True, seed=cfg.seed,
+                                        workers=cfg.workers, dist_info=info)
+        self.val_loader = None
+        if self.data.val is not None and info.main:
+            self.val_loader = DataLoader(self.data.val, cfg.batch_size, shuffle=False, num_workers=cfg.workers,
+                                         collate_fn=_collate)
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """DDP under torchrun, then torch.compile if asked (clipping still sees the raw model)."""
+        if self.info.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if self.cfg.compile:
+            log.info("torch.compile: the first batches compile the model (tens of seconds on CPU)")
+            model = torch.compile(model)
+        return model
+
+    def train(self, progress: bool) -> dict[str, float]:
+        cfg = self.cfg
+        if self.info.main and self.out is not None:
+            self._write_config()
+        row: dict[str, float] = self.rows[-1] if self.rows else {}
+        bar = tqdm(range(self.start_epoch + 1, cfg.epochs + 1), disable=not (progress and self.info.main),
+                   unit="epoch", initial=self.start_epoch, total=cfg.epochs, dynamic_ncols=True)
+        for epoch in bar:
+            row = self._epoch(epoch, progress and self.info.main)
+            bar.set_postfix(val_err=f"{row['val_top1_err']:.4f}", lr=f"{row['lr']:.0e}")
+        if self.info.main and self.out is not None:
+            _write_result(self.out, cfg, self.rows, self.argv)
+        return row
+
+    def _epoch(self, epoch: int, progress: bool) -> dict[str, float]:
+        cfg, start = self.cfg, time.perf_counter()
+        if cfg.warmup_epochs and epoch <= cfg.warmup_epochs + 1:  # linear ramp 0.1x -> 1x, then the plateau rule
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.lr * min(1.0, 0.1 + 0.9 * (epoch - 1) / cfg.warmup_epochs)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        t = train_one_epoch(self.step_model, self.train_loader, self.optimizer, clip_radius=cfg.clip_radius,
+                            amp=cfg.amp, scaler=self.scaler, channels_last=cfg.channels_last,
+                            dist_info=self.info, progress=progress)
+        v = evaluate(self.model, self.val_loader) if self.val_loader is not None else {}
+        val_err = distributed.broadcast_float(v.get("top1_err", t["top1_err"]), self.info, self.device)
+        if epoch > cfg.warmup_epochs:
+            self.scheduler.step(val_err)
+        nan = float("nan")
+        row = {"epoch": epoch, "train_loss": t["loss"], "train_top1_err": t["top1_err"],
+               "train_top5_err": t["top5_err"], "val_loss": v.get("loss", nan), "val_top1_err": v.get("top1_err", nan),
+               "val_top5_err": v.get("top5_err", nan), "lr": lr, "seconds": time.perf_counter() - start}
+        self.rows.append(row)
+        log.info("epoch %d/%d: train loss %.4f err %.4f | val loss %.4f top-1 err %.4f top-5 err %.4f | "
+                 "lr %.1e | %.0f s (%.0f img/s)", epoch, cfg.epochs, row["train_loss"], row["train_top1_err"],
+                 row["val_loss"], row["val_top1_err"], row["val_top5_err"], lr, row["seconds"],
+                 t["images"] / t["seconds"])
+        if self.info.main and self.out is not None:
+            with _defer_sigint():  # Ctrl-C while saving: finish the (atomic) save, then stop
+                self._save(epoch, row)
+                _write_metrics(self.out / "metrics.csv", self.rows)
+        return row
+
+    # --------------------------------------------------------------- checkpoints and resume
+
+    def _state(self, epoch: int, row: dict[str, float]) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": _rng_state(),
+            "metrics": row,
+            "history": list(self.rows),
+            "config": dataclasses.asdict(self.cfg),
+        }
+
+    def _save(self, epoch: int, row: dict[str, float]) -> None:
+        assert self.out is not None
+        ckpt_dir = self.out / "checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        extra = self._state(epoch, row)
+        wanted = self.cfg.checkpoint_epochs is None or epoch in self.cfg.checkpoint_epochs or epoch == self.cfg.epochs
+        for path in ([ckpt_dir / f"epoch_{epoch:03d}.pt"] if wanted else []) + [ckpt_dir / "last.pt"]:
+            save_checkpoint(path, self.model, preprocessing=self.data.preprocessing,
+                            class_names=list(self.data.class_names), epoch=epoch, extra=extra)
+
+    def _resume(self) -> int:
+        path = (self.out or Path(".")) / "checkpoints" / "last.pt"
+        if self.out is None or not path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {path}; train without --resume to start a new run")
+        ckpt = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(ckpt["model"])
+        extra = ckpt
+        self.optimizer.load_state_dict(extra["optimizer"])
+        self.scheduler.load_state_dict(extra["scheduler"])
+        if self.scaler is not None and extra.get("scaler"):
+            self.scaler.load_state_dict(extra["scaler"])
+        self.rows = list(extra["history"])
+        _set_rng_state(extra["rng"])
+        log.info("resumed from %s at epoch %d", path, ckpt["epoch"])
+        return int(ckpt["epoch"])
+
+    def _write_config(self) -> None:
+        assert self.out is not None
+        self.out.mkdir(parents=True, exist_ok=True)
+        resolved = {**dataclasses.asdict(self.cfg), "argv": self.argv, "resolved_device": str(self.device),
+                    "world_size": self.info.world_size, "num_classes": len(self.data.class_names),
+                    "class_names": list(self.data.class_names), "torch": torch.__version__}
+        _atomic_write_text(self.out / "config.json", json.dumps(resolved, indent=2, default=str))
+
+
+@contextlib.contextmanager
+def _defer_sigint() -> Iterator[None]:
+    """Hold back Ctrl-C until the block (a checkpoint write) finishes, then raise it."""
+    if sys.platform == "win32" or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    hit: list[int] = []
+    try:
+        signal.signal(signal.SIGINT, lambda *_: hit.append(1))
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hit:
+        raise KeyboardInterrupt
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
+    """metrics.csv, one row per epoch (rewritten whole, atomically, so a resume never duplicates rows)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(METRICS_COLUMNS)
+        for r in rows:
+            writer.writerow([int(r["epoch"])] + [_fmt(r[c]) for c in METRICS_COLUMNS[1:]])
+    os.replace(tmp, path)
+
+
+def _fmt(v: float) -> str:
+    return "" if v != v else f"{v:.6g}"  # NaN (no validation set) -> empty cell
+
+
+def _write_result(out: Path, cfg: TrainConfig, rows: list[dict[str, float]], argv: list[str]) -> None:
+    last = rows[-1] if rows else {}
+    table = {"title": "Per-epoch metrics", "columns": list(METRICS_COLUMNS),
+             "rows": [[int(r["epoch"])] + [_fmt(r[c]) for c in METRICS_COLUMNS[1:]] for r in rows]}
+    summary = (f"{cfg.arch} on {cfg.dataset}, {len(rows)} epochs: val top-1 error "
+               f"{last.get('val_top1_err', float('nan')):.4f}, top-5 {last.get('val_top5_err', float('nan')):.4f}")
+    write_result(out, "train", title="Training (Sec. 3)", summary=summary, params=dataclasses.asdict(cfg),
+                 figures=[], tables=[table], data={"final": last, "history": rows, "argv": argv})
+
+
+def open_run_data(cfg: TrainConfig, out: Path | None, *, progress: bool = False) -> RunData:
+    """Open ``cfg.dataset`` the paper's way: per-pixel mean of the training split (cached in
+    ``out/mean.pt``), random crops + flips for training, center crops of the test split for validation."""
+    crop = get_config(cfg.arch).input_size
+    pre = data.dataset_preprocessing(cfg.dataset, crop=crop, data_dir=cfg.data_dir,
+                                     cache=out / "mean.pt" if out else None, progress=progress)
+    if cfg.normalize_std:
+        pre = dataclasses.replace(pre, std=torch.full((3, 1, 1), _pixel_std(cfg, pre)))
+    train = data.open_dataset(cfg.dataset, "train", pre, data_dir=cfg.data_dir, mode="train", limit=cfg.limit_train)
+    val = data.open_dataset(cfg.dataset, "test", pre, data_dir=cfg.data_dir, mode="eval", limit=cfg.limit_val)
+    return RunData(train, val, tuple(train.classes), pre)
+
+
+def _pixel_std(cfg: TrainConfig, pre: data.Preprocessing, n: int = 2048) -> float:
+    """Std of mean-subtracted pixels (0..255 units) over the first ``n`` training images (deterministic)."""
+    ds = data.open_dataset(cfg.dataset, "train", pre, data_dir=cfg.data_dir, mode="eval", limit=n)
+    xs = torch.cat([b[0] for b in DataLoader(ds, 256, collate_fn=_collate)])
+    return float(xs.double().std())
+
+
+def _collate(items: list[tuple]) -> Any:
+    """convlens datasets' ``(x, y, index, description)`` items skip unreadable images; others collate as usual."""
+    if len(items[0]) == 4 and isinstance(items[0][3], str):
+        return data.collate_skip(items)
+    return default_collate(items)
+
+
+def _identity_preprocessing(size: int) -> data.Preprocessing:
+    return data.Preprocessing(size, size, torch.zeros(3, 1, 1), torch.ones(3, 1, 1), scale=1.0)
