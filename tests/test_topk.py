@@ -150,6 +150,9 @@ def test_resume_after_crash_is_identical(tiny, tmp_path):
     for layer in CONVS:
         assert_matches(resumed[layer], (full[layer].values, full[layer].dataset_indices, full[layer].positions))
     assert resumed["conv1"].num_images == 24
+    other = Images(x)  # a state saved by another run (different key) is not resumed from
+    again = mine_top_activations(model, DataLoader(other, batch_size=4), CONVS, k=5, state_path=state, state_key="b")
+    assert sorted(other.reads) == list(range(24)) and torch.equal(again["conv5"].values, full["conv5"].values)
 
 
 def test_shard_sampler_covers_each_index_once():

@@ -310,6 +310,7 @@ def mine_top_activations(
     per_image: int = 1,
     state_path: str | Path | None = None,
     save_every: int = 50,
+    state_key: str | None = None,
     progress: bool = False,
 ) -> dict[str, TopActivations]:
     """One streaming pass over ``loader``: the top-k activations of every map of ``layers``.
@@ -323,6 +324,8 @@ def mine_top_activations(
         k, per_image: see :class:`TopKAccumulator`.
         state_path: save the state here every ``save_every`` batches, and resume from it if it
             exists (one file per rank under torchrun: ``.rankR`` is appended).
+        state_key: identifies the run (e.g. checkpoint and dataset); a state saved under another
+            key, batch size, dataset size or process count is ignored (with a warning), not resumed.
         progress: show a progress bar (images/s).
 
     Returns:
@@ -336,14 +339,11 @@ def mine_top_activations(
     rank, world = _dist()
     acc = TopKAccumulator(layers, k=k, per_image=per_image)
     path = None if state_path is None else Path(f"{state_path}.rank{rank}" if world > 1 else state_path)
-    done = 0
-    if path is not None and path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        acc.load_state_dict(state["accumulator"])
-        done = int(state["batches"])
-        log.info("resuming from %s: %d batches done", path, done)
+    key = {"state_key": state_key, "world": world, "batch_size": getattr(loader, "batch_size", None),
+           "dataset_size": len(loader.dataset) if isinstance(loader, DataLoader) else None}  # type: ignore[arg-type]
+    done = _resume(path, key, acc) if path is not None else 0
     batches, total, todo = _batches(loader, done, rank, world)
-    device = next(model.parameters()).device
+    param = next(model.parameters())
     was_training = model.training
     model.eval()
     from tqdm import tqdm
@@ -353,20 +353,35 @@ def mine_top_activations(
     try:
         with torch.inference_mode():
             for b, batch in enumerate(batches, start=done):
-                bar.update(_mine_batch(model, acc, batch, device, layers))
-                if path is not None and (b + 1) % save_every == 0:
-                    _save_state(path, {"accumulator": acc.state_dict(), "batches": b + 1})
+                bar.update(_mine_batch(model, acc, batch, param, layers))
+                done = b + 1
+                if path is not None and done % save_every == 0:
+                    _save_state(path, {"accumulator": acc.state_dict(), "batches": done, "key": key})
     finally:
         bar.close()
         model.train(was_training)
     if path is not None:
-        _save_state(path, {"accumulator": acc.state_dict(), "batches": total if total is not None else done})
+        _save_state(path, {"accumulator": acc.state_dict(), "batches": done, "key": key})
     if world > 1:
         acc = _gather(acc, world)
     return acc.result()
 
 
-def _mine_batch(model: nn.Module, acc: TopKAccumulator, batch: Any, device: torch.device,
+def _resume(path: Path, key: dict[str, Any], acc: TopKAccumulator) -> int:
+    """Load a saved state into ``acc`` if it belongs to this run; returns the finished batches."""
+    if not path.is_file():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("key") != key or (list(state["accumulator"]["layers"]), state["accumulator"]["k"],
+                                   state["accumulator"]["per_image"]) != (acc.layers, acc.k, acc.per_image):
+        log.warning("ignoring %s: it was saved by another mining run (model, data or settings differ)", path)
+        return 0
+    acc.load_state_dict(state["accumulator"])
+    log.info("resuming from %s: %d batches done", path, state["batches"])
+    return int(state["batches"])
+
+
+def _mine_batch(model: nn.Module, acc: TopKAccumulator, batch: Any, param: torch.Tensor,
                 layers: Sequence[str]) -> int:
     """Mine one batch; returns the number of images it held (read or skipped)."""
     skipped = len(getattr(batch, "skipped", ()))
@@ -375,7 +390,8 @@ def _mine_batch(model: nn.Module, acc: TopKAccumulator, batch: Any, device: torc
         raise ValueError("loader must yield (images, labels, indices) batches; use data.collate_skip")
     images, indices = batch[0], batch[2]
     if len(indices):
-        acc.update(layer_features(model, images.to(device, non_blocking=True), layers), indices)
+        x = images.to(device=param.device, dtype=param.dtype, non_blocking=True)
+        acc.update(layer_features(model, x, layers), indices)
     return len(indices) + skipped
 
 

@@ -102,8 +102,12 @@ def run(args: argparse.Namespace) -> int:
                             collate_fn=collate_skip, pin_memory=device.type == "cuda")
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        spec = args.checkpoint or f"{args.arch}:{args.weights}"
+        stamp = os.stat(args.checkpoint or args.weights).st_mtime if (args.checkpoint or args.weights) else 0
+        key = f"{spec}@{stamp}|{args.dataset}|{args.data_dir}|{args.split}|{args.limit}"
         tops = mine_top_activations(loaded.model, loader, layers, k=args.k, per_image=args.per_image,
-                                    state_path=out / "mine.state", save_every=args.save_every, progress=True)
+                                    state_path=out / "mine.state", save_every=args.save_every, state_key=key,
+                                    progress=True)
         if not info.main:
             return 0
         torch.save({name: t.to_dict() for name, t in tops.items()}, out / "topk.pt")
