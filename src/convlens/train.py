@@ -53,6 +53,9 @@ __all__ = [
     "renormalize_filters",
     "train_one_epoch",
     "evaluate",
+    "predict_log_proba",
+    "average_log_proba",
+    "topk_errors",
     "fit",
     "RunData",
     "build_train_model",
@@ -247,7 +250,6 @@ def train_one_epoch(
             "seconds": time.perf_counter() - start}
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module | Sequence[nn.Module], loader: Iterable, *, ten_crop: bool = False, progress: bool = False
 ) -> dict[str, float]:
@@ -256,7 +258,7 @@ def evaluate(
     Args:
         model: one model, or several (an ensemble: their softmax outputs are averaged).
         loader: yields ``(x, y, ...)`` with x ``(B, 3, H, W)``, or ``(B, K, 3, H, W)`` with
-            ``ten_crop=True`` (K crops of each image, e.g. ``data.ten_crop``'s 10).
+            ``ten_crop=True`` (K crops of each image, e.g. ``data.open_dataset(..., mode="tencrop")``).
         ten_crop: average the softmax over the K crops of each image.
 
     Returns:
@@ -267,29 +269,54 @@ def evaluate(
         >>> res = evaluate(model, DataLoader(TensorDataset(x, y), batch_size=64))
         >>> print(f"top-1 error {res['top1_err']:.1%}")
     """
+    return topk_errors(*predict_log_proba(model, loader, ten_crop=ten_crop, progress=progress))
+
+
+@torch.no_grad()
+def predict_log_proba(
+    model: nn.Module | Sequence[nn.Module], loader: Iterable, *, ten_crop: bool = False, progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log of the softmax averaged over models and crops, ``(N, C)``, and the labels ``(N,)``, in loader order.
+
+    Arguments as in :func:`evaluate`. Combine runs made with different preprocessing (ensemble
+    members with their own mean images) with :func:`average_log_proba`.
+    """
     models = [model] if isinstance(model, nn.Module) else list(model)
     if not models:
         raise ValueError("evaluate needs at least one model")
     modes = [m.training for m in models]
     device = _device_of(models[0])
-    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    out: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
     try:
         for m in models:
             m.eval()
         for batch in tqdm(loader, disable=not progress, unit="batch", leave=False):
             x, y = batch[0].to(device), batch[1].to(device)
-            if len(y) == 0:
+            if len(y) == 0:  # every image of the batch was unreadable (logged by the dataset)
                 continue
-            logp = _mean_log_softmax(models, x, ten_crop)  # (B, C)
-            nll = F.nll_loss(logp, y, reduction="sum").double()
-            sums += torch.cat([nll[None], _topk_correct(logp, y, 5),
-                               torch.tensor([len(y)], dtype=torch.float64, device=device)])
+            out.append(_mean_log_softmax(models, x, ten_crop))  # (B, C)
+            labels.append(y)
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)
-    loss_sum, top1, top5, n = sums.tolist()
-    n = max(n, 1.0)
-    return {"loss": loss_sum / n, "top1_err": 1 - top1 / n, "top5_err": 1 - top5 / n, "images": n}
+    if not out:
+        raise ValueError("evaluate: the loader yielded no (readable) images")
+    return torch.cat(out), torch.cat(labels)
+
+
+def average_log_proba(log_probas: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Ensemble: log of the mean of several models' probabilities, each given as ``(N, C)`` log-probabilities."""
+    stacked = torch.stack(list(log_probas))  # (M, N, C)
+    return torch.logsumexp(stacked, dim=0) - math.log(stacked.shape[0])
+
+
+def topk_errors(log_proba: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """``loss`` (mean NLL), ``top1_err``, ``top5_err`` and ``images`` of ``(N, C)`` log-probabilities."""
+    n = len(labels)
+    top1, top5 = _topk_correct(log_proba, labels, 5).tolist()
+    loss = F.nll_loss(log_proba.float(), labels).item()
+    return {"loss": loss, "top1_err": 1 - top1 / n, "top5_err": 1 - top5 / n, "images": float(n)}
 
 
 def _device_of(model: nn.Module) -> torch.device:
