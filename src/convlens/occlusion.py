@@ -221,9 +221,11 @@ def _occlusion(model: nn.Module, image: Tensor, window: int, stride: int, fill: 
     py, px = occluder_positions(H, window, stride), occluder_positions(W, window, stride)
     grid = torch.tensor([[y, x] for y in py for x in px], device=image.device)  # (G, 2)
     head = None
+    batches = [torch.arange(i, min(i + max(1, batch_size), len(grid))) for i in range(0, len(grid), max(1, batch_size))]
     if isinstance(model, ConvNet) and incremental:
         inc = _Incremental(model, image, layer, channel, fill, window)
         run, head = inc.run, model.forward_head
+        batches = inc.batches(grid, max(1, batch_size))
     else:
         def run(ys: Tensor, xs: Tensor) -> tuple[Tensor, Tensor]:
             x = occluded_images(image, ys, xs, window, fill)
@@ -232,15 +234,16 @@ def _occlusion(model: nn.Module, image: Tensor, window: int, stride: int, fill: 
             logits, act = _forward(model, x, layer)
             return logits, _map_total(act, channel)
     logits, activity = [], []
-    for i in range(0, len(grid), max(1, batch_size)):
-        lg, ac = run(grid[i:i + batch_size, 0], grid[i:i + batch_size, 1])
+    for idx in batches:
+        lg, ac = run(grid[idx, 0], grid[idx, 1])
         logits.append(lg)
         activity.append(ac)
     if head is not None:  # fc head on many full vectors at once: fewer passes over the fc weights
         flat = torch.cat(logits)
         logits = [head(flat[i:i + 256]) for i in range(0, len(flat), 256)]
-    probs = torch.cat(logits).softmax(1).reshape(len(py), len(px), num_classes)
-    act_grid = torch.cat(activity).reshape(len(py), len(px))
+    order = torch.cat(batches).argsort().to(image.device)  # back to grid (row-major) order
+    probs = torch.cat(logits)[order].softmax(1).reshape(len(py), len(px), num_classes)
+    act_grid = torch.cat(activity)[order].reshape(len(py), len(px))
     ys, xs = torch.tensor(py, device=image.device), torch.tensor(px, device=image.device)
     return OcclusionMap(
         positions=grid.reshape(len(py), len(px), 2),
@@ -331,6 +334,32 @@ class _Incremental:
                 val = 0.0 if kind == "conv" else -math.inf
                 pad = F.pad(self.clean[i].permute(2, 0, 1), (k + s,) * 4, value=val)
                 self.padded[i] = pad.permute(1, 2, 0).contiguous()
+
+    def batches(self, grid: Tensor, batch_size: int) -> list[Tensor]:
+        """Occluder indices per batch, grouped so that a batch's boxes have similar sizes.
+
+        Near the borders the changed box of the deep layers is clipped and smaller; a batch computes
+        its largest box, so mixing border and interior occluders wastes work. Positions along each
+        axis are bucketed by their last windowed stage's box length (up to 3 buckets: within 0-1,
+        2-3 and 4+ of the longest); zfnet 224, 50px at stride 8: 0.62 instead of 0.72 conv
+        GFLOP per occluder, in 9 batches instead of 5.
+        """
+        keys = []
+        for axis in range(2):
+            pos = grid[:, axis]
+            box = (pos, pos + self.window)
+            for i, (_, _, (kind, k, s, p)) in enumerate(self.stages):
+                if kind != "point":
+                    n_out = (self.clean[i + 1] if i + 1 < len(self.clean) else self.final).shape[axis]
+                    box = _plan_axis(box[0], box[1], n_out, k, s, p)[:2]
+            length = box[1] - box[0]
+            keys.append(torch.div(length.max() - length, 2, rounding_mode="floor").clamp(max=2))
+        key = (keys[0] * 3 + keys[1]).cpu()
+        out = []
+        for g in key.unique():
+            members = (key == g).nonzero()[:, 0]
+            out += list(members.split(batch_size))
+        return out
 
     def run(self, ys: Tensor, xs: Tensor) -> tuple[Tensor, Tensor]:
         """(flattened features (B, F), map activity (B,)) for occluders at (ys, xs)."""
