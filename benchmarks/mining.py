@@ -8,9 +8,11 @@ ZFNet at 224 with random weights, random images held in memory (no decoding), co
   the load drift of a shared machine, which swamps whole-pass timings.
 * End to end: one ``mine_top_activations`` pass against one bare-forward pass and one full
   ``model(x)`` pass (noisier).
-* Projection stage: the top-9 of 16 conv5 maps through ``unit_tiles`` (batched deconvnet).
+* Projection stage: the top-9 of 16 conv5 maps through ``unit_tiles`` (batched deconvnet: one
+  ``project_units`` call per 64 units), beside Captum's ``NeuronDeconvolution`` one unit per call
+  (``--captum N`` units), same process.
 
-    .venv/bin/python benchmarks/mining.py [--images 512] [--repeats 2] [--device cpu]
+    .venv/bin/python benchmarks/mining.py [--images 512] [--repeats 2] [--device cpu] [--projection-only]
 
 The last line is one JSON object; ``overhead`` = mining / bare forward (goal <= 1.15).
 """
@@ -46,6 +48,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--maps", type=int, default=16, help="conv5 maps whose top-9 are projected")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--captum", type=int, default=8, help="units projected one by one with Captum (0: skip)")
+    ap.add_argument("--projection-only", action="store_true", help="skip the mining timings (mine once, untimed)")
     args = ap.parse_args()
     device = torch.device(args.device)
     model = build_model("zfnet", seed=0).to(device).eval()
@@ -63,9 +67,13 @@ def main() -> None:
     def mine_step(xb: torch.Tensor, ib: torch.Tensor) -> None:
         acc.update(model.features(xb, LAYERS), ib)
 
-    t_fwd = t_mine = 0.0
+    t_fwd = t_mine = 1.0
+    if args.projection_only:
+        args.repeats = 0
     with torch.inference_mode():
         fwd(batches[0][0])  # warm-up
+        if not args.projection_only:
+            t_fwd = t_mine = 0.0
         for rep in range(args.repeats):
             for b, (xb, _, ib) in enumerate(batches):
                 if (b + rep) % 2:
@@ -83,16 +91,18 @@ def main() -> None:
             for xb, _, _ in batches:
                 model(xb) if full else fwd(xb)
 
-    e2e = {"forward to conv5": timed(lambda: forward_loop(False), device),
-           "mining conv1-5": timed(lambda: tops.update(mine_top_activations(model, batches, LAYERS, k=9)), device),
-           "forward (full)": timed(lambda: forward_loop(True), device)}
+    e2e = {"mining conv1-5": timed(lambda: tops.update(mine_top_activations(model, batches, LAYERS, k=9)), device)}
+    if not args.projection_only:
+        e2e = {"forward to conv5": timed(lambda: forward_loop(False), device), **e2e,
+               "forward (full)": timed(lambda: forward_loop(True), device)}
 
     ds = [(x[i],) for i in range(args.images)]
     maps = list(range(args.maps))
     unit_tiles(model, ds, tops["conv5"], maps[:1])  # warm-up
     t_proj = timed(lambda: unit_tiles(model, ds, tops["conv5"], maps), device)
     n_proj = args.maps * 9
-    n = args.images * args.repeats
+    captum_per_s = captum_rate(model, x, tops["conv5"], args.captum, device) if args.captum else None
+    n = max(1, args.images * args.repeats)
     print(f"ZFNet {args.size}x{args.size}, {args.images} random images, batch {args.batch_size}, {device}, "
           f"{torch.get_num_threads()} threads")
     print(f"paired per batch ({args.repeats} passes, alternating order):")
@@ -101,19 +111,43 @@ def main() -> None:
     print(f"  {'forward + top-9 bookkeeping':<28} {t_mine:8.2f} {n / t_mine:9.1f} {overhead:7.3f}")
     print("end to end (one pass each, noisier):")
     for name, t in e2e.items():
-        print(f"  {name:<28} {t:8.2f} {args.images / t:9.1f} {t / e2e['forward to conv5']:7.3f}")
+        print(f"  {name:<28} {t:8.2f} {args.images / t:9.1f} {t / e2e.get('forward to conv5', t):7.3f}")
     print(f"projection (unit_tiles, conv5, {n_proj} units, batched deconvnet): {t_proj:.2f} s, "
           f"{n_proj / t_proj:.1f} projections/s")
+    if captum_per_s:
+        print(f"captum NeuronDeconvolution, one unit per call ({args.captum} units): {captum_per_s:.1f} projections/s "
+              f"-> batched is {n_proj / t_proj / captum_per_s:.2f}x")
+    timed_mining = not args.projection_only
     print(json.dumps({
-        "overhead": round(overhead, 4),
-        "overhead_end_to_end": round(e2e["mining conv1-5"] / e2e["forward to conv5"], 4),
-        "overhead_end_to_end_vs_full_forward": round(e2e["mining conv1-5"] / e2e["forward (full)"], 4),
+        "overhead": round(overhead, 4) if timed_mining else None,
+        "overhead_end_to_end": round(e2e["mining conv1-5"] / e2e["forward to conv5"], 4) if timed_mining else None,
+        "overhead_end_to_end_vs_full_forward":
+            round(e2e["mining conv1-5"] / e2e["forward (full)"], 4) if timed_mining else None,
         "images": args.images, "size": args.size, "batch_size": args.batch_size, "repeats": args.repeats,
         "device": str(device), "threads": torch.get_num_threads(),
         "paired_seconds": {"forward": round(t_fwd, 3), "mining": round(t_mine, 3)},
         "end_to_end_seconds": {k: round(v, 3) for k, v in e2e.items()},
         "projections_per_s": round(n_proj / t_proj, 2), "projection_layer": "conv5", "projections": n_proj,
+        "captum_projections_per_s": round(captum_per_s, 2) if captum_per_s else None,
     }))
+
+
+def captum_rate(model: torch.nn.Module, x: torch.Tensor, top, n: int, device: torch.device) -> float:
+    """Captum's NeuronDeconvolution, one call per unit (its documented use), on the mined units."""
+    from captum.attr import NeuronDeconvolution
+
+    deconv = NeuronDeconvolution(model, model.relu5)
+    units = [(c, r) for c in range(top.values.shape[0]) for r in range(top.values.shape[1])][:n]
+
+    def run() -> None:
+        for c, r in units:
+            i = int(top.dataset_indices[c, r])
+            y, xx = top.positions[c, r].tolist()
+            deconv.attribute(x[i:i + 1].clone().requires_grad_(True), neuron_selector=(c, y, xx))
+
+    run_one = units[:1]
+    deconv.attribute(x[:1].clone().requires_grad_(True), neuron_selector=(run_one[0][0], 0, 0))  # warm-up
+    return n / timed(run, device)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from convlens.model import build_model
 def test_pick_epochs():
     assert pick_epochs(range(1, 71)) == [1, 2, 5, 10, 20, 30, 40, 64, 70]
     assert pick_epochs(range(1, 21)) == [1, 2, 5, 10, 20]
-    assert pick_epochs([1, 2, 3]) == [1, 2, 3]
+    assert pick_epochs([1, 2, 3, 4, 5]) == [1, 2, 3, 4, 5]
     spread = pick_epochs([3, 4, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16])
     assert len(spread) == 8 and spread[0] == 3 and spread[-1] == 16
 

@@ -49,14 +49,14 @@ def find_checkpoints(run_dir: str | Path) -> dict[int, Path]:
 
 
 def pick_epochs(available: Sequence[int], wanted: Sequence[int] = PAPER_EPOCHS, *, at_most: int = 8) -> list[int]:
-    """The paper's epochs that exist (plus the last one); with fewer than 3 of them, up to
-    ``at_most`` epochs spread evenly over what exists (always the first and the last)."""
+    """Every epoch when there are at most ``at_most``; else the paper's epochs that exist (plus the
+    last); with fewer than 3 of those, ``at_most`` epochs spread evenly (always the first and last)."""
     avail = sorted(set(available))
-    chosen = sorted(set(e for e in wanted if e in avail) | {avail[-1]})
-    if len(chosen) >= 3 or len(avail) <= len(chosen):
-        return chosen
     if len(avail) <= at_most:
         return avail
+    chosen = sorted(set(e for e in wanted if e in avail) | {avail[-1]})
+    if len(chosen) >= 3:
+        return chosen
     step = (len(avail) - 1) / (at_most - 1)
     return sorted({avail[round(i * step)] for i in range(at_most)})
 

@@ -1,7 +1,7 @@
 """``convlens evolution``: how chosen feature maps change over training (Fig. 4).
 
-Reads ``RUN/checkpoints/epoch_NNN.pt`` (the paper's epochs 1, 2, 5, 10, 20, 30, 40, 64 where they
-exist, else up to 8 spread over what exists), mines the strongest activation of each chosen map
+Reads ``RUN/checkpoints/epoch_NNN.pt`` (all of them when there are at most 8, else the paper's
+epochs 1, 2, 5, 10, 20, 30, 40, 64 that exist, or 8 spread over the run), mines the strongest activation of each chosen map
 over the training set at each checkpoint, projects it, and writes per layer
 ``OUT/<layer>_evolution.png`` (rows = maps, columns = epochs, with the mean correlation of
 consecutive columns underneath) and ``OUT/result.json``.
@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--split", default="train", help="split searched (default train, as in the paper)")
     p.add_argument("--maps", type=int, default=8, help="random maps per layer (seeded)")
-    p.add_argument("--epochs", default=None, help="comma-separated epochs (default: the paper's that exist)")
+    p.add_argument("--epochs", default=None,
+                   help="comma-separated epochs (default: all if <= 8, else the paper's 1,2,5,10,20,30,40,64 that exist)")
     p.add_argument("--threshold", type=float, default=0.9, help="correlation that counts as 'stopped changing'")
     p.add_argument("--out", default=None, help="output folder (default RUN/evolution)")
     p.set_defaults(func=run)
