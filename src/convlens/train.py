@@ -103,7 +103,7 @@ class TrainConfig:
     min_lr: float = 1e-5
     warmup_epochs: int = 0
     dropout: float | None = None  # None: the architecture's (0.5)
-    normalize_std: bool = False  # divide inputs by the training pixel std (unit variance, for He init)
+    normalize_std: bool | None = None  # divide inputs by the training pixel std; None: only with init="kaiming"
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
@@ -410,7 +410,7 @@ class _Run:
         self.cfg, self.device, self.info, self.argv = cfg, device, info, argv
         self.out = Path(cfg.out) if cfg.out else None
         torch.manual_seed(cfg.seed)  # dropout and augmentation draw from the global RNG
-        self.data = datasets if datasets is not None else open_run_data(cfg, self.out, progress=progress)
+        self.data = datasets if datasets is not None else open_run_data(cfg, self.out, progress=progress, dist_info=info)
         if self.data.preprocessing is None:
             size = get_config(cfg.arch).input_size
             self.data = dataclasses.replace(self.data, preprocessing=_identity_preprocessing(size))
@@ -477,7 +477,7 @@ class _Run:
                "train_top5_err": t["top5_err"], "val_loss": v.get("loss", nan), "val_top1_err": v.get("top1_err", nan),
                "val_top5_err": v.get("top5_err", nan), "lr": lr, "seconds": time.perf_counter() - start}
         self.rows.append(row)
-        log.info("epoch %d/%d: train loss %.4f err %.4f | val loss %.4f top-1 err %.4f top-5 err %.4f | "
+        (log.info if self.info.main else log.debug)("epoch %d/%d: train loss %.4f err %.4f | val loss %.4f top-1 err %.4f top-5 err %.4f | "
                  "lr %.1e | %.0f s (%.0f img/s)", epoch, cfg.epochs, row["train_loss"], row["train_top1_err"],
                  row["val_loss"], row["val_top1_err"], row["val_top5_err"], lr, row["seconds"],
                  t["images"] / t["seconds"])
@@ -605,13 +605,24 @@ def _write_result(out: Path, cfg: TrainConfig, rows: list[dict[str, float]], arg
                  figures=[], tables=[table], data={"final": last, "history": rows, "argv": argv})
 
 
-def open_run_data(cfg: TrainConfig, out: Path | None, *, progress: bool = False) -> RunData:
+def open_run_data(cfg: TrainConfig, out: Path | None, *, progress: bool = False,
+                  dist_info: DistInfo | None = None) -> RunData:
     """Open ``cfg.dataset`` the paper's way: per-pixel mean of the training split (cached in
-    ``out/mean.pt``), random crops + flips for training, center crops of the test split for validation."""
+    ``out/mean.pt``), random crops + flips for training, center crops of the test split for validation.
+
+    With ``normalize_std`` (default: on for ``init="kaiming"``) inputs are also divided by the
+    pixel std of the training set, so that He initialization sees unit-variance inputs.
+    Under DDP rank 0 computes (and caches) the mean first; the other ranks then read the cache.
+    """
+    info = dist_info or DistInfo()
     crop = get_config(cfg.arch).input_size
+    if info.enabled and not info.main:
+        torch.distributed.barrier()  # wait for rank 0 to write out/mean.pt
     pre = data.dataset_preprocessing(cfg.dataset, crop=crop, data_dir=cfg.data_dir,
-                                     cache=out / "mean.pt" if out else None, progress=progress)
-    if cfg.normalize_std:
+                                     cache=out / "mean.pt" if out else None, progress=progress and info.main)
+    if info.enabled and info.main:
+        torch.distributed.barrier()
+    if cfg.normalize_std if cfg.normalize_std is not None else cfg.init == "kaiming":
         pre = dataclasses.replace(pre, std=torch.full((3, 1, 1), _pixel_std(cfg, pre)))
     train = data.open_dataset(cfg.dataset, "train", pre, data_dir=cfg.data_dir, mode="train", limit=cfg.limit_train)
     val = data.open_dataset(cfg.dataset, "test", pre, data_dir=cfg.data_dir, mode="eval", limit=cfg.limit_val)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -45,8 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-clip", dest="clip_radius", action="store_const", const=None, default=_S,
                    help="turn filter clipping off (Fig. 6(a))")
     p.add_argument("--dropout", type=float, default=_S, help="dropout in fc6/fc7 (default: the arch's, 0.5)")
-    p.add_argument("--normalize-std", dest="normalize_std", action="store_true", default=_S,
-                   help="divide inputs by the training pixel std (unit variance; use with --init kaiming)")
+    p.add_argument("--normalize-std", dest="normalize_std", action=argparse.BooleanOptionalAction, default=_S,
+                   help="divide inputs by the training pixel std (unit variance). Default: on with --init "
+                   "kaiming (He init assumes unit-variance inputs), off with the paper's 0..255 recipe")
     p.add_argument("--seed", type=int, default=_S, help="random seed (default 0)")
     p.add_argument("--limit-train", dest="limit_train", type=int, default=_S, help="use the first N training images")
     p.add_argument("--limit-val", dest="limit_val", type=int, default=_S, help="use the first N test images")
@@ -100,6 +102,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     result = fit(cfg, progress=True, argv=sys.argv[1:])
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun only rank 0 reports
     print(f"done: {result.get('epoch', 0)} epochs, val top-1 error {result.get('val_top1_err', float('nan')):.4f}, "
           f"top-5 error {result.get('val_top5_err', float('nan')):.4f}; run directory {cfg.out}")
     return 0
