@@ -84,6 +84,10 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"] and float(rows[-1]["val_top1_err"]) <= 1.0
     assert (run / "mean.pt").is_file() and (run / "checkpoints" / "epoch_002.pt").is_file()
+    # --resume reads the run's settings from config.json; a new --lr anneals by hand (as the paper did)
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "3", "--lr", "0.001"]) == 0
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and float(rows[-1]["lr"]) == 0.001
     ckpt = str(run / "checkpoints" / "last.pt")
     out = tmp_path / "eval"
     code = main(["evaluate", "--checkpoint", ckpt, ckpt, "--dataset", str(folder), "--ten-crop", "--out", str(out)])

@@ -451,11 +451,17 @@ class _Run:
         row: dict[str, float] = self.rows[-1] if self.rows else {}
         bar = tqdm(range(self.start_epoch + 1, cfg.epochs + 1), disable=not (progress and self.info.main),
                    unit="epoch", initial=self.start_epoch, total=cfg.epochs, dynamic_ncols=True)
-        for epoch in bar:
-            row = self._epoch(epoch, progress and self.info.main)
-            bar.set_postfix(val_err=f"{row['val_top1_err']:.4f}", lr=f"{row['lr']:.0e}")
-        if self.info.main and self.out is not None:
-            _write_result(self.out, cfg, self.rows, self.argv)
+        try:
+            for epoch in bar:
+                row = self._epoch(epoch, progress and self.info.main)
+                bar.set_postfix(val_err=f"{row['val_top1_err']:.4f}", lr=f"{row['lr']:.0e}")
+        except KeyboardInterrupt:
+            done = self.rows[-1]["epoch"] if self.rows else 0
+            log.warning("interrupted: checkpoints/last.pt holds epoch %d; continue with --resume", done)
+            raise
+        finally:
+            if self.info.main and self.out is not None and self.rows:
+                _write_result(self.out, cfg, self.rows, self.argv)
         return row
 
     def _epoch(self, epoch: int, progress: bool) -> dict[str, float]:
@@ -519,6 +525,10 @@ class _Run:
         extra = ckpt
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
+        if float(extra["config"]["lr"]) != self.cfg.lr:  # the paper's manual annealing: resume with a new --lr
+            log.info("resume: learning rate set to %g (the run was started with %g)", self.cfg.lr, extra["config"]["lr"])
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.cfg.lr
         if self.scaler is not None and extra.get("scaler"):
             self.scaler.load_state_dict(extra["scaler"])
         self.rows = list(extra["history"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import tomllib
@@ -60,7 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", default=_S,
                    help="torch.compile the training step (start-up: tens of seconds)")
     p.add_argument("--workers", type=int, default=_S, help="DataLoader worker processes (default 0)")
-    p.add_argument("--resume", action="store_true", default=_S, help="continue from RUN/checkpoints/last.pt")
+    p.add_argument("--resume", action="store_true", default=_S,
+                   help="continue from RUN/checkpoints/last.pt with the run's config.json settings; flags given "
+                   "now override them (e.g. --epochs 10, or --lr 0.001 to anneal by hand as the paper did)")
     p.add_argument("--checkpoint-epochs", dest="checkpoint_epochs", default=_S,
                    help="comma-separated epochs to keep as epoch_NNN.pt (default: every epoch)")
     p.add_argument("--plateau-patience", dest="plateau_patience", type=int, default=_S,
@@ -83,6 +86,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig defaults <- ``--config`` TOML <- explicit flags."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values: dict[str, Any] = {}
+    run_config = Path(getattr(args, "out", "")) / "config.json"
+    if getattr(args, "resume", False) and getattr(args, "out", None) and run_config.is_file():
+        # --resume continues the run as configured; flags given now (e.g. --epochs, a lower --lr) override
+        values.update({k: v for k, v in json.loads(run_config.read_text()).items() if k in fields})
     if args.config is not None:
         if not args.config.is_file():
             raise FileNotFoundError(f"--config file not found: {args.config}")
