@@ -18,22 +18,15 @@ used in one process), and checkpoints hold the RNG states, so on CPU ``2 epochs`
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
 import logging
-import math
-import os
-import random
-import signal
-import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +36,18 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from . import data, distributed
-from .artifacts import write_result
+from ._rundir import (
+    METRICS_COLUMNS,
+    atomic_write_text,
+    defer_sigint,
+    rng_state,
+    set_rng_state,
+    write_metrics,
+    write_train_result,
+)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistInfo, all_reduce_sum
+from .evaluation import average_log_proba, device_of, evaluate, predict_log_proba, topk_correct, topk_errors
 from .model import ConvNet, get_config, init_weights
 
 __all__ = [
@@ -157,14 +159,6 @@ def renormalize_filters(model: nn.Module, radius: float) -> None:
             w.mul_(scale.to(w.dtype))
 
 
-def _topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
-    """(top-1 correct, top-k correct) counts as a float64 tensor of 2."""
-    k = min(k, logits.shape[1])
-    top = logits.topk(k, dim=1).indices  # (B, k)
-    hit = top == y[:, None]
-    return torch.stack([hit[:, 0].sum(), hit.any(dim=1).sum()]).double()
-
-
 def make_loader(
     dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, workers: int = 0, dist_info: DistInfo | None = None
 ) -> DataLoader:
@@ -174,7 +168,7 @@ def make_loader(
     ``loader.sampler.set_epoch(epoch)`` before each epoch (``fit`` does).
     """
     info = dist_info or DistInfo()
-    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=train, seed=seed)
+    sampler: DistributedSampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=train, seed=seed)
     per_rank = max(1, batch_size // info.world_size)
     return DataLoader(dataset, per_rank, sampler=sampler, num_workers=workers, collate_fn=_collate,
                       persistent_workers=workers > 0)
@@ -214,7 +208,7 @@ def train_one_epoch(
         ``loss``, ``top1_err``, ``top5_err`` over the epoch's training batches, ``images``, ``seconds``.
     """
     model.train()
-    device = _device_of(model)
+    device = device_of(model)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss*n, top1, top5, n
     start = time.perf_counter()
     bar = tqdm(loader, disable=not progress, unit="batch", leave=False, dynamic_ncols=True)
@@ -238,7 +232,7 @@ def train_one_epoch(
         if clip_radius is not None:
             renormalize_filters(model, clip_radius)
         with torch.no_grad():
-            sums += torch.cat([(loss.detach() * len(y))[None].double(), _topk_correct(logits, y, 5),
+            sums += torch.cat([(loss.detach() * len(y))[None].double(), topk_correct(logits, y, 5),
                                torch.tensor([len(y)], dtype=torch.float64, device=device)])
         if progress:
             n = sums[3].item() * (dist_info.world_size if dist_info else 1)
@@ -250,102 +244,8 @@ def train_one_epoch(
             "seconds": time.perf_counter() - start}
 
 
-def evaluate(
-    model: nn.Module | Sequence[nn.Module], loader: Iterable, *, ten_crop: bool = False, progress: bool = False
-) -> dict[str, float]:
-    """Top-1/top-5 error and loss; 10-crop and ensembles average the softmax (Sec. 3, Table 2).
-
-    Args:
-        model: one model, or several (an ensemble: their softmax outputs are averaged).
-        loader: yields ``(x, y, ...)`` with x ``(B, 3, H, W)``, or ``(B, K, 3, H, W)`` with
-            ``ten_crop=True`` (K crops of each image, e.g. ``data.open_dataset(..., mode="tencrop")``).
-        ten_crop: average the softmax over the K crops of each image.
-
-    Returns:
-        ``loss`` (mean negative log of the averaged probability of the true class), ``top1_err``,
-        ``top5_err`` (fractions in [0, 1]) and ``images``. Each model's train/eval mode is restored.
-
-    Example:
-        >>> res = evaluate(model, DataLoader(TensorDataset(x, y), batch_size=64))
-        >>> print(f"top-1 error {res['top1_err']:.1%}")
-    """
-    return topk_errors(*predict_log_proba(model, loader, ten_crop=ten_crop, progress=progress))
-
-
-@torch.no_grad()
-def predict_log_proba(
-    model: nn.Module | Sequence[nn.Module], loader: Iterable, *, ten_crop: bool = False, progress: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """log of the softmax averaged over models and crops, ``(N, C)``, and the labels ``(N,)``, in loader order.
-
-    Arguments as in :func:`evaluate`. Combine runs made with different preprocessing (ensemble
-    members with their own mean images) with :func:`average_log_proba`.
-    """
-    models = [model] if isinstance(model, nn.Module) else list(model)
-    if not models:
-        raise ValueError("evaluate needs at least one model")
-    modes = [m.training for m in models]
-    device = _device_of(models[0])
-    out: list[torch.Tensor] = []
-    labels: list[torch.Tensor] = []
-    try:
-        for m in models:
-            m.eval()
-        for batch in tqdm(loader, disable=not progress, unit="batch", leave=False):
-            x, y = batch[0].to(device), batch[1].to(device)
-            if len(y) == 0:  # every image of the batch was unreadable (logged by the dataset)
-                continue
-            out.append(_mean_log_softmax(models, x, ten_crop))  # (B, C)
-            labels.append(y)
-    finally:
-        for m, mode in zip(models, modes):
-            m.train(mode)
-    if not out:
-        raise ValueError("evaluate: the loader yielded no (readable) images")
-    return torch.cat(out), torch.cat(labels)
-
-
-def average_log_proba(log_probas: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Ensemble: log of the mean of several models' probabilities, each given as ``(N, C)`` log-probabilities."""
-    stacked = torch.stack(list(log_probas))  # (M, N, C)
-    return torch.logsumexp(stacked, dim=0) - math.log(stacked.shape[0])
-
-
-def topk_errors(log_proba: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """``loss`` (mean NLL), ``top1_err``, ``top5_err`` and ``images`` of ``(N, C)`` log-probabilities."""
-    n = len(labels)
-    top1, top5 = _topk_correct(log_proba, labels, 5).tolist()
-    loss = F.nll_loss(log_proba.float(), labels).item()
-    return {"loss": loss, "top1_err": 1 - top1 / n, "top5_err": 1 - top5 / n, "images": float(n)}
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-def _mean_log_softmax(models: list[nn.Module], x: torch.Tensor, ten_crop: bool) -> torch.Tensor:
-    """log of the softmax averaged over models and crops, computed stably with logsumexp."""
-    if ten_crop:
-        if x.dim() != 5:
-            raise ValueError(f"ten_crop expects batches of shape (B, K, 3, H, W), got {tuple(x.shape)}")
-        b, k = x.shape[:2]
-        x = x.flatten(0, 1)  # (B*K, 3, H, W)
-    elif x.dim() != 4:
-        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(x.shape)}; pass ten_crop=True for crops")
-    else:
-        b, k = x.shape[0], 1
-    logps = [F.log_softmax(m(x).float(), dim=1).view(b, k, -1) for m in models]  # each (B, K, C)
-    stacked = torch.cat(logps, dim=1)  # (B, M*K, C)
-    return torch.logsumexp(stacked, dim=1) - math.log(stacked.shape[1])
-
 # ----------------------------------------------------------------------------- the run (fit)
 
-METRICS_COLUMNS = ("epoch", "train_loss", "train_top1_err", "train_top5_err", "val_loss", "val_top1_err",
-                   "val_top5_err", "lr", "seconds")
 
 
 def build_train_model(cfg: TrainConfig, num_classes: int) -> ConvNet:
@@ -441,7 +341,7 @@ class _Run:
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         if self.cfg.compile:
             log.info("torch.compile: the first batches compile the model (tens of seconds on CPU)")
-            model = torch.compile(model)
+            model = torch.compile(model)  # type: ignore[assignment]
         return model
 
     def train(self, progress: bool) -> dict[str, float]:
@@ -461,7 +361,7 @@ class _Run:
             raise
         finally:
             if self.info.main and self.out is not None and self.rows:
-                _write_result(self.out, cfg, self.rows, self.argv)
+                write_train_result(self.out, cfg, self.rows, self.argv)
         return row
 
     def _epoch(self, epoch: int, progress: bool) -> dict[str, float]:
@@ -470,7 +370,7 @@ class _Run:
             for group in self.optimizer.param_groups:
                 group["lr"] = cfg.lr * min(1.0, 0.1 + 0.9 * (epoch - 1) / cfg.warmup_epochs)
         lr = self.optimizer.param_groups[0]["lr"]
-        self.train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        self.train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
         t = train_one_epoch(self.step_model, self.train_loader, self.optimizer, clip_radius=cfg.clip_radius,
                             amp=cfg.amp, scaler=self.scaler, channels_last=cfg.channels_last,
                             dist_info=self.info, progress=progress)
@@ -488,9 +388,9 @@ class _Run:
                  row["val_loss"], row["val_top1_err"], row["val_top5_err"], lr, row["seconds"],
                  t["images"] / t["seconds"])
         if self.info.main and self.out is not None:
-            with _defer_sigint():  # Ctrl-C while saving: finish the (atomic) save, then stop
+            with defer_sigint():  # Ctrl-C while saving: finish the (atomic) save, then stop
                 self._save(epoch, row)
-                _write_metrics(self.out / "metrics.csv", self.rows)
+                write_metrics(self.out / "metrics.csv", self.rows)
         return row
 
     # --------------------------------------------------------------- checkpoints and resume
@@ -500,7 +400,7 @@ class _Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "metrics": row,
             "history": list(self.rows),
             "config": dataclasses.asdict(self.cfg),
@@ -532,7 +432,7 @@ class _Run:
         if self.scaler is not None and extra.get("scaler"):
             self.scaler.load_state_dict(extra["scaler"])
         self.rows = list(extra["history"])
-        _set_rng_state(extra["rng"])
+        set_rng_state(extra["rng"])
         log.info("resumed from %s at epoch %d", path, ckpt["epoch"])
         return int(ckpt["epoch"])
 
@@ -542,77 +442,7 @@ class _Run:
         resolved = {**dataclasses.asdict(self.cfg), "argv": self.argv, "resolved_device": str(self.device),
                     "world_size": self.info.world_size, "num_classes": len(self.data.class_names),
                     "class_names": list(self.data.class_names), "torch": torch.__version__}
-        _atomic_write_text(self.out / "config.json", json.dumps(resolved, indent=2, default=str))
-
-
-@contextlib.contextmanager
-def _defer_sigint() -> Iterator[None]:
-    """Hold back Ctrl-C until the block (a checkpoint write) finishes, then raise it."""
-    if sys.platform == "win32" or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    hit: list[int] = []
-    try:
-        signal.signal(signal.SIGINT, lambda *_: hit.append(1))
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if hit:
-        raise KeyboardInterrupt
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-    random.setstate(state["python"])
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
-    """metrics.csv, one row per epoch (rewritten whole, atomically, so a resume never duplicates rows)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(METRICS_COLUMNS)
-        for r in rows:
-            writer.writerow([int(r["epoch"])] + [_fmt(r[c]) for c in METRICS_COLUMNS[1:]])
-    os.replace(tmp, path)
-
-
-def _fmt(v: float) -> str:
-    return "" if v != v else f"{v:.6g}"  # NaN (no validation set) -> empty cell
-
-
-def _write_result(out: Path, cfg: TrainConfig, rows: list[dict[str, float]], argv: list[str]) -> None:
-    last = rows[-1] if rows else {}
-    table = {"title": "Per-epoch metrics", "columns": list(METRICS_COLUMNS),
-             "rows": [[int(r["epoch"])] + [_fmt(r[c]) for c in METRICS_COLUMNS[1:]] for r in rows]}
-    summary = (f"{cfg.arch} on {cfg.dataset}, {len(rows)} epochs: val top-1 error "
-               f"{last.get('val_top1_err', float('nan')):.4f}, top-5 {last.get('val_top5_err', float('nan')):.4f}")
-    write_result(out, "train", title="Training (Sec. 3)", summary=summary, params=dataclasses.asdict(cfg),
-                 figures=[], tables=[table], data={"final": last, "history": rows, "argv": argv})
+        atomic_write_text(self.out / "config.json", json.dumps(resolved, indent=2, default=str))
 
 
 def open_run_data(cfg: TrainConfig, out: Path | None, *, progress: bool = False,

@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 from ..artifacts import write_result
 from ..checkpoint import load_model
 from ..data import collate_skip, open_dataset
-from ..train import average_log_proba, predict_log_proba, resolve_device, topk_errors
+from ..evaluation import average_log_proba, predict_log_proba, topk_errors
+from ..train import resolve_device
 
 COLUMNS = ["model", "crops", "top-1 err", "top-5 err", "loss", "images"]
 
@@ -52,21 +53,24 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     device = resolve_device(args.device)
     mode = "tencrop" if args.ten_crop else "eval"
-    rows, log_probas, labels = [], [], None
+    rows: list[list] = []
+    log_probas: list[torch.Tensor] = []
+    labels = torch.empty(0, dtype=torch.long)
     for spec in args.checkpoint:
         loaded = load_model(spec, map_location=device)
         ds = open_dataset(args.dataset, args.split, loaded.preprocessing, data_dir=args.data_dir, mode=mode,
                           limit=args.limit)
         loader = DataLoader(ds, args.batch_size, num_workers=args.workers, collate_fn=collate_skip)
         logp, y = predict_log_proba(loaded.model, loader, ten_crop=args.ten_crop, progress=True)
-        if labels is not None and not torch.equal(labels, y):
+        if log_probas and not torch.equal(labels, y):
             raise ValueError(f"--checkpoint {spec} saw different images than the first checkpoint; "
                              "ensemble members must read the same dataset")
         labels = y
         log_probas.append(logp)
         rows.append(_row(spec, args.ten_crop, topk_errors(logp, y)))
     if len(log_probas) > 1:
-        rows.append(_row(f"ensemble of {len(log_probas)}", args.ten_crop, topk_errors(average_log_proba(log_probas), labels)))
+        ensemble = topk_errors(average_log_proba(log_probas), labels)
+        rows.append(_row(f"ensemble of {len(log_probas)}", args.ten_crop, ensemble))
     _print_table(rows)
     if args.out:
         last = rows[-1]
