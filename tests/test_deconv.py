@@ -341,3 +341,23 @@ def test_mobilenet_v2_generic_path_on_imagenet_sample():
     for k in range(4):
         assert _outside(proj.images[0, k], proj.boxes[0, k].tolist()) == 0.0
         assert (float(proj.images[0, k].abs().sum()) > 0) == bool(live[k])
+
+
+def test_cli_project_writes_pngs_and_result(tiny_checkpoint, image_folder, tmp_path):
+    import json
+
+    from convlens.cli import main
+
+    image = next((image_folder / "a").glob("*.png"))
+    out = tmp_path / "project"
+    rc = main(["project", "--checkpoint", str(tiny_checkpoint), "--image", str(image), "--layer", "conv2",
+               "--top", "4", "--sanity", "--out", str(out)])
+    assert rc == 0
+    for name in ("image.png", "projection.png", "projection_rf.png", "patch.png", "grid.png", "sanity.png"):
+        assert (out / name).is_file(), name
+    result = json.loads((out / "result.json").read_text())
+    assert result["kind"] == "project" and len(result["data"]["units"]) == 4
+    assert result["data"]["values"][0] >= result["data"]["values"][-1]
+    assert result["data"]["sanity"]["layers"] == ["conv2", "conv1"]
+    assert main(["project", "--checkpoint", str(tiny_checkpoint), "--image", str(image), "--top", "0",
+                 "--out", str(out)]) == 2

@@ -30,9 +30,10 @@ Two implementations, equal to float64 precision:
   forward hooks put a custom autograd function after every ``nn.ReLU``/``nn.ReLU6`` whose
   backward applies the rule; hooks are removed in ``finally``. Behaviour on other modules:
 
-  - ``nn.ReLU6``: treated as a rectifier. ``deconvnet`` passes relu(signal) (the upper clip is
-    ignored, as the deconvnet ignores the forward pass); ``guided`` multiplies by its gradient
-    gate ``0 < y < 6``. A warning says so once.
+  - ``nn.ReLU6``: treated as a ReLU by the rectifying rules: ``deconvnet`` passes relu(signal),
+    ``guided`` gates with ``y > 0``; the upper clip is ignored, otherwise saturated units (value 6,
+    often the strongest) would project to nothing. ``gradient`` keeps the true gate ``0 < y < 6``.
+    A warning says so.
   - ``BatchNorm`` (eval mode) is a per-channel affine map: its scale passes through (autograd).
   - Residual additions: the signal splits into both branches and the two projections add up
     (autograd of ``+``); concatenations split by channel.
@@ -40,6 +41,10 @@ Two implementations, equal to float64 precision:
     them raise ``ValueError`` for ``deconvnet``/``guided`` (a model with no ReLU modules at all
     gets a warning when it cannot be traced). Other activations (GELU, SiLU, Hardswish ...) keep
     their true gradient, with a warning.
+  - **Nets without max pooling** (mobilenet_v2, most modern CNNs): the deconvnet rule never reads
+    the forward pass except through max-pool switches, so there its projection does not depend on
+    the image at all, only on the unit's position (a fixed, often checkerboard pattern; see
+    Springenberg et al. 2015, Nie et al. 2018). Use ``guided`` there (``examples/mobilenet_projection.py``).
   - Inplace activations (torchvision's ``ReLU(inplace=True)``) are switched to out-of-place during
     the call and restored in ``finally``.
 """
@@ -285,8 +290,10 @@ def _rule_hook(rule: str) -> Callable[..., torch.Tensor]:
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
         if isinstance(module, _LRN):
             return _PassThrough.apply(inputs[0], out)
-        upper = 6.0 if isinstance(module, nn.ReLU6) else float("inf")
-        gate = ((out > 0) & (out < upper)).to(out.dtype)  # the ReLU(6) gradient gate, read from the output
+        # the gate is read from the output (y > 0 iff x > 0). ReLU6: the rectifying rules ignore its upper
+        # clip (a saturated unit, often the strongest, would otherwise project to nothing)
+        upper = 6.0 if isinstance(module, nn.ReLU6) and rule == "gradient" else float("inf")
+        gate = ((out > 0) & (out < upper)).to(out.dtype)
         return _Rectifier.apply(inputs[0], out, gate, rule)
 
     return hook
@@ -297,8 +304,8 @@ def _check_generic(model: nn.Module, rule: str) -> None:
         return
     kinds = {type(m) for m in model.modules()}
     if nn.ReLU6 in kinds:
-        warnings.warn("ReLU6 treated as a rectifier: deconvnet passes relu(signal), guided also applies its "
-                      "gradient gate (0 < y < 6)", stacklevel=4)
+        warnings.warn("ReLU6 treated as ReLU by the deconvnet/guided rules (its upper clip at 6 is ignored "
+                      "on the way down)", stacklevel=4)
     others = sorted(k.__name__ for k in kinds if issubclass(k, _OTHER_ACTIVATIONS))
     if others:
         warnings.warn(f"{', '.join(others)} keep their true gradient under rule {rule!r}; only ReLU/ReLU6 modules "
@@ -380,7 +387,8 @@ class SanityCheck:
     """Cascading weight randomization: how much a projection depends on the learned weights.
 
     Attributes:
-        layers: the layer randomized at each step (cumulative: step i has layers[:i+1] random).
+        layers: the layer (or ``first..last`` group) re-drawn at each step; cumulative: after step
+            i all of layers[:i+1] are random.
         spearman: (S, N, K) Spearman rank correlation of |projection| (summed over colour)
             between the trained and the randomized model; near 1 = the map ignores the weights.
         pearson: (S, N, K) Pearson correlation of the signed projections.
@@ -439,7 +447,7 @@ def _correlations(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
 
 def sanity_check(
     model: nn.Module, images: torch.Tensor, layer: str, units: torch.Tensor, *, rule: str = "deconvnet",
-    seed: int = 0,
+    seed: int = 0, steps: int | None = 8,
 ) -> SanityCheck:
     """Adebayo et al. (2018) cascading randomization for the projections of ``units``.
 
@@ -449,6 +457,8 @@ def sanity_check(
     their now different activation, so that silenced units still give a map), and compares.
 
     Arguments as in :func:`project_units`; ``seed`` makes the randomization reproducible.
+    ``steps`` caps the number of steps for deep nets (mobilenet_v2 has 50+ convs): the layers are
+    then re-drawn in that many consecutive groups (``None``: one layer per step).
 
     Example:
         >>> sc = sanity_check(model, images, "conv5", torch.tensor([[42, 6, 6]]))
@@ -458,11 +468,16 @@ def sanity_check(
     work = copy.deepcopy(model)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     names, maps, spear, pear = [], [], [], []
-    for name in _weighted_layers(work, layer):
-        weight = get_module(work, name).weight
-        with torch.no_grad():
-            noise = torch.randn(weight.shape, generator=gen, dtype=torch.float64)
-            weight.copy_((noise * weight.double().std()).to(weight))
+    layers = _weighted_layers(work, layer)
+    n_steps = len(layers) if steps is None else max(1, min(steps, len(layers)))
+    bounds = [round(i * len(layers) / n_steps) for i in range(n_steps + 1)]
+    for group in (layers[a:b] for a, b in zip(bounds, bounds[1:])):
+        for name in group:
+            weight = get_module(work, name).weight
+            with torch.no_grad():
+                noise = torch.randn(weight.shape, generator=gen, dtype=torch.float64)
+                weight.copy_((noise * weight.double().std()).to(weight))
+        name = group[0] if len(group) == 1 else f"{group[0]}..{group[-1]}"
         # seeded with 1 (not the activation): a unit silenced by random weights still gets a map
         proj = _project(work, images, layer, lambda act: original.units, rule, "one")
         s, p = _correlations(original.images, proj.images)

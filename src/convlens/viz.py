@@ -18,6 +18,7 @@ __all__ = [
     "overlay_heatmap",
     "upscale_nearest",
     "crop_box",
+    "pad_to",
     "to_uint8",
 ]
 
@@ -130,6 +131,17 @@ def crop_box(img: torch.Tensor, box: tuple[int, int, int, int] | torch.Tensor) -
     """(..., H, W)[..., y0:y1, x0:x1] for a half-open box ``(y0, x0, y1, x1)`` (e.g. a unit's RF)."""
     y0, x0, y1, x1 = (int(v) for v in box)
     return img[..., y0:y1, x0:x1]
+
+
+def pad_to(img: torch.Tensor, h: int, w: int, value: float = 1.0) -> torch.Tensor:
+    """Center (C, h0, w0) on a (C, h, w) canvas of ``value`` (e.g. RF crops clipped at the border)."""
+    c, h0, w0 = img.shape
+    if h0 > h or w0 > w:
+        raise ValueError(f"image ({h0}x{w0}) is larger than the target ({h}x{w})")
+    out = img.new_full((c, h, w), float(value))
+    y, x = (h - h0) // 2, (w - w0) // 2
+    out[:, y : y + h0, x : x + w0] = img
+    return out
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:

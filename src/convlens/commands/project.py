@@ -1,0 +1,177 @@
+"""``convlens project``: deconvnet projections of one feature map's strongest units in an image
+(Sec. 2.1, Fig. 1; the panels of Fig. 2 for a single image).
+
+Writes into ``--out``: ``image.png`` (the input), ``projection.png`` (the strongest unit's
+projection, contrast-normalized), ``projection_rf.png`` (the same cropped to the unit's receptive
+field), ``patch.png`` (the image inside that field), ``grid.png`` (all ``--top`` units: cropped
+projections on the left, image patches on the right, strongest first), with ``--sanity`` also
+``sanity.png`` (rows: trained, then each cascading randomization step) and ``result.json``
+(kind ``project``: units, activation values, boxes, sanity scores).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "project",
+        help="project a feature map's strongest activations back to pixels (deconvnet, Sec. 2.1)",
+        description="Project the --top strongest activations of one feature map in an image back to input "
+        "pixels with the deconvnet (or guided backprop / the plain gradient), and save the projections, their "
+        "receptive-field crops and the matching image patches.",
+        epilog="examples: convlens project --checkpoint runs/zf/checkpoints/last.pt --image dog.jpg --layer conv5 "
+        "--channel 42 --out runs/zf/project;  convlens project --arch torchvision:mobilenet_v2 --weights "
+        "mobilenet_v2_imagenet.pt --image dog.jpg --layer features.14.conv.0.2 --out out/project",
+    )
+    p.add_argument("--checkpoint", default=None, help="a convlens checkpoint")
+    p.add_argument("--arch", default=None, help="instead of --checkpoint: torchvision:NAME (e.g. torchvision:mobilenet_v2)")
+    p.add_argument("--weights", default=None, help="state_dict file for --arch")
+    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--layer", default="conv5",
+                   help="layer: conv1..conv5, fc6, fc7 or a stage (convlens models); a dotted module name "
+                   "such as features.14.conv.0.2 (torchvision models). Default conv5")
+    p.add_argument("--channel", type=int, default=None, help="feature map (default: the strongest in the image)")
+    p.add_argument("--top", type=int, default=9, help="number of strongest positions to project (default 9)")
+    p.add_argument("--rule", choices=("deconvnet", "guided", "gradient"), default="deconvnet")
+    p.add_argument("--sanity", action="store_true",
+                   help="also run the cascading weight-randomization sanity check (Adebayo et al. 2018)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sanity check's random weights")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=run)
+
+
+def _load(args: argparse.Namespace, device: torch.device) -> Any:
+    from ..checkpoint import load_model
+
+    if (args.checkpoint is None) == (args.arch is None):
+        raise ValueError("give exactly one of --checkpoint C or --arch torchvision:NAME [--weights F]")
+    if args.checkpoint is not None:
+        return load_model(args.checkpoint, map_location=device)
+    return load_model(args.arch, weights=args.weights, map_location=device)
+
+
+def _strongest_channel(model: torch.nn.Module, x: torch.Tensor, layer: str) -> int:
+    from ..hooks import record_activations
+
+    with torch.no_grad(), record_activations(model, [layer]) as acts:
+        model(x)
+    act = acts[layer][0]
+    return int((act.flatten(1).amax(1) if act.dim() == 3 else act).argmax())
+
+
+def _crops(proj: Any, image01: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per unit: the RF crop of its (contrast-normalized) projection, and the image patch."""
+    from ..viz import crop_box, normalize_for_display
+
+    crops, patches = [], []
+    for k in range(proj.images.shape[1]):
+        box = proj.boxes[0, k].tolist()
+        crops.append(normalize_for_display(crop_box(proj.images[0, k], box)))
+        patches.append(crop_box(image01, box))
+    return crops, patches
+
+
+def _tile(images: list[torch.Tensor], nrow: int, side: int) -> torch.Tensor:
+    from ..viz import make_grid, pad_to
+
+    return make_grid(torch.stack([pad_to(im, side, side) for im in images]), nrow=nrow)
+
+
+def _grid(crops: list[torch.Tensor], patches: list[torch.Tensor]) -> torch.Tensor:
+    """Projections (left) and patches (right), each as a sqrt(K)-wide block, as in Fig. 2."""
+    from ..viz import upscale_nearest
+
+    side = max(max(c.shape[-2:]) for c in crops)
+    nrow = math.ceil(math.sqrt(len(crops)))
+    left, right = _tile(crops, nrow, side), _tile(patches, nrow, side)
+    gap = left.new_ones(3, left.shape[1], 6)
+    grid = torch.cat([left, gap, right], dim=2)
+    return upscale_nearest(grid, max(1, 128 // side))
+
+
+def _sanity(model: torch.nn.Module, x: torch.Tensor, proj: Any, args: argparse.Namespace, out: Path) -> dict:
+    from ..artifacts import save_png
+    from ..deconv import sanity_check
+    from ..viz import crop_box, make_grid, normalize_for_display, pad_to, upscale_nearest
+
+    k = min(proj.units.shape[1], 5)
+    sc = sanity_check(model, x, args.layer, proj.units[:, :k], rule=args.rule, seed=args.seed)
+    side = max(max(b[2] - b[0], b[3] - b[1]) for b in proj.boxes[0, :k].tolist())
+    rows = [proj.images[0, :k]] + [r[0] for r in sc.randomized]
+    tiles = [pad_to(normalize_for_display(crop_box(img, proj.boxes[0, j].tolist())), side, side)
+             for r in rows for j, img in enumerate(r)]
+    save_png(upscale_nearest(make_grid(torch.stack(tiles), nrow=k), max(1, 96 // side)), out / "sanity.png")
+    d = sc.to_dict()
+    return {"layers": d["layers"], "spearman_mean": d["spearman_mean"], "pearson_mean": d["pearson_mean"], "units": k}
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..artifacts import save_png, write_result
+    from ..deconv import project_topk
+
+    if args.top < 1:
+        raise ValueError(f"--top must be >= 1, got {args.top}")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    loaded = _load(args, device)
+    model = loaded.model
+    x = loaded.preprocessing.load(args.image).to(device)[None]  # (1, 3, H, W)
+    channel = args.channel if args.channel is not None else _strongest_channel(model, x, args.layer)
+    proj = project_topk(model, x, args.layer, channel, k=args.top, rule=args.rule)
+    image01 = loaded.preprocessing.denormalize(x[0]).cpu()
+    proj = type(proj)(proj.images.cpu(), proj.values.cpu(), proj.units.cpu(), proj.boxes.cpu(), proj.layer, proj.rule)
+
+    from ..viz import normalize_for_display
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    crops, patches = _crops(proj, image01)
+    save_png(image01, out / "image.png")
+    save_png(normalize_for_display(proj.images[0, 0]), out / "projection.png")
+    save_png(crops[0], out / "projection_rf.png")
+    save_png(patches[0], out / "patch.png")
+    save_png(_grid(crops, patches), out / "grid.png")
+    unit = f"{args.layer}:{channel}"
+    figures = [
+        {"path": "grid.png", "group": unit, "caption": f"{unit}: top-{args.top} activations in the image; left: "
+         f"{args.rule} projections cropped to the receptive field, right: the image patches"},
+        {"path": "projection.png", "group": unit, "caption": f"{unit}: projection of the strongest activation"},
+        {"path": "projection_rf.png", "group": unit, "caption": "the same, cropped to its receptive field"},
+        {"path": "patch.png", "group": unit, "caption": "the image inside that receptive field"},
+        {"path": "image.png", "group": unit, "caption": "input image (center crop)"},
+    ]
+    rows = [[k + 1, *proj.units[0, k].tolist(), round(float(proj.values[0, k]), 4), str(proj.boxes[0, k].tolist())]
+            for k in range(proj.units.shape[1])]
+    tables = [{"title": f"{unit}: projected units", "columns": ["rank", "channel", "y", "x", "activation", "box"],
+               "rows": rows}]
+    data: dict[str, Any] = {"layer": args.layer, "channel": channel, "rule": args.rule, "image": str(args.image),
+                            "units": proj.units[0], "values": proj.values[0], "boxes": proj.boxes[0]}
+    if args.sanity:
+        data["sanity"] = s = _sanity(model, x, proj, args, out)
+        figures.append({"path": "sanity.png", "group": unit, "caption": "sanity check: trained projections (top "
+                        "row), then with the weights of " + ", ".join(s["layers"]) + " re-drawn one by one"})
+        tables.append({"title": "Sanity check (Adebayo et al. 2018): similarity to the trained projection",
+                       "columns": ["randomized down to", "Spearman |map|", "Pearson"],
+                       "rows": [[n, _fmt(a), _fmt(b)] for n, a, b in zip(s["layers"], s["spearman_mean"],
+                                                                          s["pearson_mean"])]})
+    params = {"checkpoint": args.checkpoint, "arch": args.arch or loaded.arch, "weights": args.weights,
+              "image": str(args.image), "layer": args.layer, "channel": channel, "top": args.top, "rule": args.rule,
+              "sanity": args.sanity, "seed": args.seed}
+    summary = (f"{args.rule} projections of the {args.top} strongest activations of {unit} in {Path(args.image).name}"
+               f" (strongest {float(proj.values[0, 0]):.3g}), cropped to their receptive fields")
+    write_result(out, "project", title="Deconvnet projections (Sec. 2.1, Fig. 1)", summary=summary, params=params,
+                 figures=figures, tables=tables, data=data)
+    print(f"{unit}: top-{args.top} activations {', '.join(f'{v:.3g}' for v in proj.values[0].tolist())}")
+    print(f"wrote {out / 'grid.png'} and {out / 'result.json'}")
+    return 0
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
