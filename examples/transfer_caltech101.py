@@ -21,7 +21,7 @@ import torchvision
 from torchvision import transforms
 
 from convlens.commands import transfer as cmd
-from convlens.transfer import Features, evaluate_probes, extract_features
+from convlens.transfer import Features, ProtocolResult, evaluate_probes, extract_features
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WEIGHTS = DATA / "models" / "mobilenet_v2_imagenet" / "mobilenet_v2_imagenet.pt"
@@ -29,6 +29,7 @@ WEIGHTS = DATA / "models" / "mobilenet_v2_imagenet" / "mobilenet_v2_imagenet.pt"
 # 13 (96, /16), 16 (160, /32), 18 (1280, /32: the classifier's input after global pooling)
 LAYERS = ["features.1", "features.3", "features.6", "features.10", "features.13", "features.16", "features.18"]
 POOL = {name: 3 for name in LAYERS} | {"features.18": 1}
+CURVE_N = [1, 3, 10, 30]
 
 
 def use_tf_same_padding(model: torch.nn.Module) -> torch.nn.Module:
@@ -55,7 +56,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224, help="center crop side (resize = size * 8/7)")
     ap.add_argument("--classes", type=int, default=102, help="use the first N classes (sorted)")
     ap.add_argument("--out", type=Path, default=Path("/work/runs/examples/transfer_caltech101"))
-    ap.add_argument("--extract-only", action="store_true", help="fill the feature cache and stop")
+    ap.add_argument("--stage", default="all", choices=("extract", "svm", "svm-sgd", "softmax", "logreg", "curve", "write", "all"),
+                    help="extract: fill the feature cache; svm/softmax/curve: run one part and save it; "
+                    "write: merge the saved parts into result.json; all: everything in one process")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
@@ -74,23 +77,42 @@ def main() -> None:
         LAYERS, args.out / "cache", model_id=cmd.file_fingerprint(WEIGHTS) + ":tf-same-pad",
         dataset_id=f"{DATA / 'caltech101'}:{len(keep)}", extra={"size": args.size, "pool": POOL})
     t1 = time.time()
-    if args.extract_only:
+    if args.stage == "extract":
         return
-    res = evaluate_probes(feats, n_train=[30], probes=["svm", "softmax"], folds=5, n_test=50, seed=0)
-    top = Features({"features.18": feats.features["features.18"]}, feats.labels, feats.indices)
-    curve = evaluate_probes(top, n_train=[1, 2, 5, 10, 15, 20, 30], probes=["softmax"], folds=5, seed=0)
-    t2 = time.time()
-    classes = [c for c in ds.classes][: args.classes]
+    info = {"images": len(keep), "extract_seconds": round(t1 - t0, 1), "cached": hit}
+    for stage in (("softmax", "curve", "write") if args.stage == "all" else (args.stage,)):
+        run_stage(stage, args, feats, list(ds.classes)[: args.classes], info)
+
+
+def run_stage(stage: str, args: argparse.Namespace, feats: Features, classes: list[str], info: dict) -> None:
+    """One part of the experiment; parts save ``stage_<name>.pt`` and ``write`` merges them."""
+    t1 = time.time()
+    if stage in ("svm", "svm-sgd", "softmax", "logreg"):  # one probe on every layer (stages can run in parallel)
+        res = evaluate_probes(feats, n_train=[30], probes=[stage], folds=5, n_test=50, seed=0, progress=True)
+        torch.save({"scores": res.scores, "per_class": res.per_class, "seconds": time.time() - t1},
+                   args.out / f"stage_{stage}.pt")
+        return
+    if stage == "curve":  # Fig. 9 analog on the last layer
+        top = Features({"features.18": feats.features["features.18"]}, feats.labels, feats.indices)
+        res = evaluate_probes(top, n_train=CURVE_N, probes=["softmax"], folds=5, seed=0, progress=True)
+        torch.save({"scores": res.scores, "per_class": res.per_class, "seconds": time.time() - t1},
+                   args.out / "stage_curve.pt")
+        return
+    parts = {p.stem[6:]: torch.load(p, weights_only=False) for p in sorted(args.out.glob("stage_*.pt"))}
+    merged = [v for k, v in parts.items() if k != "curve"]
+    res = ProtocolResult({k: v for d in merged for k, v in d["scores"].items()},
+                         {k: v for d in merged for k, v in d["per_class"].items()}, folds=5, seed=0)
+    curve = ProtocolResult(parts["curve"]["scores"], parts["curve"]["per_class"], 5, 0) if "curve" in parts else None
     cmd.write_transfer_outputs(args.out, res, curve=curve, class_names=classes,
-                           params={"model": "mobilenet_v2 (ImageNet, TF-same padding)", "size": args.size,
-                                   "classes": len(classes), "images": len(keep), "layers": LAYERS,
-                                   "pool": POOL, "extract_seconds": round(t1 - t0, 1),
-                                   "cached": hit, "probe_seconds": round(t2 - t1, 1)})
-    for layer in LAYERS:
-        row = [f"{p} {100 * res.mean_std(layer, p, 30)[0]:.1f} ± {100 * res.mean_std(layer, p, 30)[1]:.1f}"
-               for p in ("svm", "softmax")]
-        print(layer, *row)
-    print(f"extract {t1 - t0:.0f}s, probes {t2 - t1:.0f}s -> {args.out}")
+                               params={"model": "mobilenet_v2 (ImageNet, TF-same padding)", "size": args.size,
+                                       "classes": len(classes), "layers": LAYERS, "pool": POOL, **info,
+                                       "probe_seconds": {k: round(v["seconds"], 1) for k, v in parts.items()}})
+    probes = list(dict.fromkeys(k[1] for k in res.scores))
+    for i, layer in enumerate(LAYERS, 1):
+        cells = [f"{p} {100 * res.mean_std(layer, p, 30)[0]:.1f} ± {100 * res.mean_std(layer, p, 30)[1]:.1f}"
+                 for p in probes]
+        print(i, layer, *cells)
+    print(f"-> {args.out}")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def _figures(d: Any, tag: str, out: Path) -> list[dict[str, str]]:
     shared = (w / (2 * w.abs().max().clamp_min(1e-12)) + 0.5).clamp(0, 1)  # one scale for every filter
     shared = upscale_nearest(make_grid(shared, nrow=16, pad=1), factor)
     proj = make_grid(normalize_for_display(d.projections), nrow=8, pad=2)
-    proj = upscale_nearest(proj, max(1, 256 // max(proj.shape[-2:])) or 1)
+    proj = upscale_nearest(proj, max(1, 640 // max(proj.shape[-2:])))
     figs = []
     for name, img, caption in (
         ("conv1_filters", each, f"{d.name}: layer-1 filters, each contrast-normalized"),
