@@ -3,7 +3,7 @@
 Run:  .venv/bin/python examples/occlusion_mobilenet.py [--out /work/runs/examples/occlusion]
 Needs ../shared/data (imagenet-sample, models/mobilenet_v2_imagenet). The layer-5 analog is
 ``features.18`` (MobileNet-v2's last conv, 1280 maps of 7x7). MobileNet is not a ConvNet, so
-this uses plain batched forwards (no incremental inference). The converted TF weights need TF
+this uses plain batched forwards (no incremental inference). Panel (c) uses the guided rule. The converted TF weights need TF
 "SAME" padding on the stride-2 convs (see the model's README.txt); ``mobilenet()`` adds it.
 """
 from __future__ import annotations
@@ -22,6 +22,9 @@ from convlens.occlusion import occlusion_map
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODEL_DIR = SHARED / "models" / "mobilenet_v2_imagenet"
+# MobileNet's stride-2 depthwise convs turn deconvnet projections into a checkerboard; the guided
+# rule (deconvnet + the forward ReLU gates) shows the structure.
+RULE = "guided"
 IMAGES = ["n02112018/n02112018_Pomeranian.JPEG", "n04285008/n04285008_sports_car.JPEG",
           "n02088094/n02088094_Afghan_hound.JPEG"]
 
@@ -64,13 +67,13 @@ def main() -> None:
         occ = occlusion_map(model, image, window=args.window, stride=args.stride, target=label,
                             layer="features.18", batch_size=64)
         sec = time.perf_counter() - t
-        proj, box = _projection(model, image, occ)
+        proj, box = _projection(model, image, occ, RULE)
         out = args.out / Path(rel).stem
         out.mkdir(parents=True, exist_ok=True)
         clean = float(occ.clean_probs[label])
         title = (f"{Path(rel).name}: true class {names[label]} (clean p = {clean:.3f}, "
                  f"predicted {names[int(occ.clean_probs.argmax())]}); {sec:.0f} s")
-        render(pre.denormalize(image), occ, proj, box, names, title=title).savefig(out / "occlusion.png", dpi=80)
+        render(pre.denormalize(image), occ, proj, box, names, title=title, rule=RULE).savefig(out / "occlusion.png", dpi=80)
         table = _label_table(occ, names)
         summary = (f"p({names[label]}) {float(occ.target_prob.min()):.3f}..{float(occ.target_prob.max()):.3f} "
                    f"(clean {clean:.3f}); features.18 map {occ.channel}; {occ.target_prob.numel()} positions, {sec:.0f} s")

@@ -2,8 +2,8 @@
 layer-5 map and the classifier.
 
 For every occluder position one forward pass gives (a) the total activation of one feature map
-(default: the map with the strongest single activation in the unoccluded image, the one the
-deconvnet panel projects), (b) the probability of the correct class, (c) the most probable label
+(default: the map with the largest total activation in the unoccluded image; a single-maximum
+criterion ties on saturated units such as ReLU6's 6), (b) the probability of the correct class, (c) the most probable label
 and the probabilities of all classes (so any class's map comes without recomputing).
 
 Conventions (departures from / details the paper leaves open):
@@ -151,7 +151,7 @@ def occlusion_map(
         fill: occluder value in normalized space (0 = the training mean, the paper's grey).
         target: the correct class (default: the class predicted for the unoccluded image).
         layer: feature-map layer for panel (b) (default ``conv5`` for a ConvNet, else the last
-            module of ``model.features``); ``channel``: its map (default: strongest activation).
+            module of ``model.features``); ``channel``: its map (default: largest total activation).
         batch_size: occluded images per forward.
         incremental: reuse the clean activations (ConvNet only; ignored otherwise).
 
@@ -211,7 +211,7 @@ def _occlusion(model: nn.Module, image: Tensor, window: int, stride: int, fill: 
     probs0 = logits0.softmax(1)[0]
     num_classes = probs0.numel()
     if channel is None:
-        channel = int(act0[0].reshape(act0.shape[1], -1).amax(1).argmax())
+        channel = int(_map_total(act0[0][:, None], 0).argmax())  # largest total activation
     if target is None:
         target = int(probs0.argmax())
     if not 0 <= channel < act0.shape[1]:

@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fill", type=float, default=0.0, help="occluder value in normalized space (0 = the mean)")
     p.add_argument("--layer", default=None, help="feature-map layer (default conv5, or the last of model.features)")
     p.add_argument("--channel", type=int, default=None, help="map of --layer (default: strongest in the image)")
+    p.add_argument("--rule", choices=("deconvnet", "guided", "gradient"), default="deconvnet",
+                   help="projection rule of panel (c) (default deconvnet, the paper's)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--no-incremental", action="store_true", help="plain batched forwards (for comparison)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
@@ -58,7 +60,7 @@ def label_names(labels: torch.Tensor, class_names: list[str]) -> dict[int, str]:
 
 
 def render(image01: torch.Tensor, occ: Any, projection01: torch.Tensor | None, box: Any,
-           class_names: list[str], title: str = "") -> Any:
+           class_names: list[str], title: str = "", rule: str = "deconvnet") -> Any:
     """The Fig. 7 row as a matplotlib Figure (panels a-e). ``image01``: (3, H, W) in [0, 1]."""
     import matplotlib
 
@@ -86,7 +88,7 @@ def render(image01: torch.Tensor, occ: Any, projection01: torch.Tensor | None, b
         if box is not None:
             y0, x0, y1, x1 = [int(v) for v in box]
             ax[2].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="black", lw=2))
-    ax[2].set_title(f"(c) deconvnet projection of {occ.layer} map {occ.channel}", fontsize=9)
+    ax[2].set_title(f"(c) {rule} projection of {occ.layer} map {occ.channel}", fontsize=9)
     labels = occ.label_heatmap.cpu()
     uniq, counts = labels.unique(return_counts=True)
     order = uniq[counts.argsort(descending=True)]
@@ -127,10 +129,10 @@ def run(args: argparse.Namespace) -> int:
                         target=args.label, layer=args.layer, channel=args.channel, batch_size=args.batch_size,
                         incremental=not args.no_incremental)
     seconds = time.perf_counter() - t0
-    proj01, box = _projection(loaded.model, image, occ)
+    proj01, box = _projection(loaded.model, image, occ, args.rule)
     names = loaded.class_names
     args.out.mkdir(parents=True, exist_ok=True)
-    fig = render(loaded.preprocessing.denormalize(image.cpu()), occ, proj01, box, names,
+    fig = render(loaded.preprocessing.denormalize(image.cpu()), occ, proj01, box, names, rule=args.rule,
                  title=f"{Path(args.image).name}: correct class {_name(occ.target, names)} "
                        f"(clean p = {float(occ.clean_probs[occ.target]):.3f})")
     fig.savefig(args.out / "occlusion.png", dpi=80)
@@ -152,13 +154,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _projection(model: Any, image: torch.Tensor, occ: Any) -> tuple[torch.Tensor | None, Any]:
+def _projection(model: Any, image: torch.Tensor, occ: Any, rule: str = "deconvnet") -> tuple[torch.Tensor | None, Any]:
     """Panel (c): deconvnet projection of the map's strongest activation (None if unavailable)."""
     try:
         from ..deconv import project_max
         from ..viz import normalize_for_display
 
-        proj = project_max(model, image[None], occ.layer, [occ.channel])
+        proj = project_max(model, image[None], occ.layer, [occ.channel], rule=rule)
         return normalize_for_display(proj.images[0, 0]).cpu(), proj.boxes[0, 0].tolist()
     except (ImportError, ValueError, NotImplementedError) as exc:  # e.g. a model the deconvnet cannot walk
         import logging
