@@ -129,3 +129,15 @@ def test_checkpoint_errors(tmp_path):
         load_model(tmp_path / "other.pt")
     with pytest.raises(ValueError, match="unknown torchvision architecture"):
         load_model("torchvision:not_a_net")
+
+
+def test_limit_spreads_over_classes(tmp_path):
+    root = make_image_folder(tmp_path / "d", classes=("a", "b", "c"), per_class=4, size=12)
+    pre = paper_preprocessing(torch.zeros(3, 12, 12), crop=12)
+    ds = open_dataset(str(root), "train", pre, limit=3)
+    assert len(ds) == 3 and sorted(ds.labels()) == [0, 1, 2]
+    assert [ds[i][1] for i in range(3)] == ds.labels()
+    assert [ds[i][2] for i in range(3)] == [0, 1, 2]
+    assert "/b/" in ds.describe(1)
+    with pytest.raises(IndexError):
+        ds[3]

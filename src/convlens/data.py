@@ -192,31 +192,43 @@ class TransformedDataset(Dataset):
     Modes: ``eval`` (center crop), ``train`` (random crop + horizontal flip), ``tencrop``
     ((10, 3, crop, crop)), ``full`` (the whole ``resize x resize`` image). Use with
     :func:`collate_skip` so that unreadable images are skipped and counted.
+
+    ``limit`` keeps N images spread evenly over the raw dataset (every len/N-th one), so that a
+    class-sorted ImageFolder keeps all its classes. Indices are positions in this dataset
+    (0..N-1); ``describe`` and ``raw_index`` name the underlying image.
     """
 
     def __init__(self, raw: Dataset, pre: Preprocessing, mode: str = "eval", limit: int | None = None) -> None:
         if mode not in ("eval", "train", "tencrop", "full"):
             raise ValueError(f"mode must be eval, train, tencrop or full, got {mode!r}")
         self.raw, self.pre, self.mode = raw, pre, mode
-        self.n = len(raw) if limit is None else min(limit, len(raw))  # type: ignore[arg-type]
+        total = len(raw)  # type: ignore[arg-type]
+        self.n = total if limit is None else min(limit, total)
+        self._picks = None if self.n == total else [i * total // self.n for i in range(self.n)]
         self.classes = list(getattr(raw, "classes", []))
 
     def __len__(self) -> int:
         return self.n
 
+    def raw_index(self, index: int) -> int:
+        """Position in the raw dataset of this dataset's ``index``."""
+        return index if self._picks is None else self._picks[index]
+
     def describe(self, index: int) -> str:
         describe: Callable[[int], str] | None = getattr(self.raw, "describe", None)
-        return describe(index) if describe else str(index)
+        raw = self.raw_index(index)
+        return describe(raw) if describe else str(raw)
 
     def labels(self) -> list[int]:
+        picks = range(self.n) if self._picks is None else self._picks
         if hasattr(self.raw, "labels"):
-            return [int(v) for v in self.raw.labels[: self.n]]
-        return [int(s[1]) for s in self.raw.samples[: self.n]]  # type: ignore[attr-defined]
+            return [int(self.raw.labels[i]) for i in picks]
+        return [int(self.raw.samples[i][1]) for i in picks]  # type: ignore[attr-defined]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, int, str]:
-        if index >= self.n:
+        if not 0 <= index < self.n:
             raise IndexError(index)
-        pixels, label = self.raw[index]
+        pixels, label = self.raw[self.raw_index(index)]
         if pixels is None:
             return None, label, index, self.describe(index)
         x = self.pre.normalize(pixels)  # (3, S, S), per-pixel mean at base resolution
@@ -293,7 +305,7 @@ def open_dataset(name: str, split: str = "train", preprocessing: Preprocessing |
         preprocessing: default: the paper's, with the mean of this dataset's training split.
         data_dir: where the named dataset lives (fashion-mnist: Debian's folder by default).
         mode: ``eval`` | ``train`` | ``tencrop`` | ``full`` (see :class:`TransformedDataset`).
-        limit: use only the first ``limit`` images.
+        limit: use ``limit`` images spread evenly over the split (all classes of a sorted folder).
         crop: network input size when ``preprocessing`` is None.
 
     Example:
