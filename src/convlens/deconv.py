@@ -305,11 +305,11 @@ def _check_generic(model: nn.Module, rule: str) -> None:
     kinds = {type(m) for m in model.modules()}
     if nn.ReLU6 in kinds:
         warnings.warn("ReLU6 treated as ReLU by the deconvnet/guided rules (its upper clip at 6 is ignored "
-                      "on the way down)", stacklevel=4)
+                      "on the way down)", stacklevel=5)
     others = sorted(k.__name__ for k in kinds if issubclass(k, _OTHER_ACTIVATIONS))
     if others:
         warnings.warn(f"{', '.join(others)} keep their true gradient under rule {rule!r}; only ReLU/ReLU6 modules "
-                      "are rectified", stacklevel=4)
+                      "are rectified", stacklevel=5)
     try:
         import torch.fx as fx
 
@@ -318,7 +318,7 @@ def _check_generic(model: nn.Module, rule: str) -> None:
         if not kinds & {nn.ReLU, nn.ReLU6}:
             warnings.warn(f"{type(model).__name__} has no nn.ReLU modules: if it calls F.relu, rule {rule!r} "
                           "cannot be applied there and the map is a plain gradient through those relus",
-                          stacklevel=4)
+                          stacklevel=5)
         return
     functional = [n.name for n in graph.nodes if (n.op == "call_function" and n.target in (F.relu, torch.relu,
                   F.relu6, F.hardtanh)) or (n.op == "call_method" and n.target in ("relu", "relu_"))]
