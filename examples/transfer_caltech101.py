@@ -88,9 +88,15 @@ def run_stage(stage: str, args: argparse.Namespace, feats: Features, classes: li
     """One part of the experiment; parts save ``stage_<name>.pt`` and ``write`` merges them."""
     t1 = time.time()
     if stage in ("svm", "svm-sgd", "softmax", "logreg"):  # one probe on every layer (stages can run in parallel)
-        res = evaluate_probes(feats, n_train=[30], probes=[stage], folds=5, n_test=50, seed=0, progress=True)
-        torch.save({"scores": res.scores, "per_class": res.per_class, "seconds": time.time() - t1},
-                   args.out / f"stage_{stage}.pt")
+        scores: dict = {}
+        per_class: dict = {}
+        for layer in LAYERS:  # saved after every layer, so a partial run still reports the first layers
+            one = Features({layer: feats.features[layer]}, feats.labels, feats.indices)
+            res = evaluate_probes(one, n_train=[30], probes=[stage], folds=5, n_test=50, seed=0, progress=True)
+            scores.update(res.scores)
+            per_class.update(res.per_class)
+            torch.save({"scores": scores, "per_class": per_class, "seconds": time.time() - t1},
+                       args.out / f"stage_{stage}.pt")
         return
     if stage == "curve":  # Fig. 9 analog on the last layer
         top = Features({"features.18": feats.features["features.18"]}, feats.labels, feats.indices)
@@ -110,7 +116,7 @@ def run_stage(stage: str, args: argparse.Namespace, feats: Features, classes: li
     probes = list(dict.fromkeys(k[1] for k in res.scores))
     for i, layer in enumerate(LAYERS, 1):
         cells = [f"{p} {100 * res.mean_std(layer, p, 30)[0]:.1f} ± {100 * res.mean_std(layer, p, 30)[1]:.1f}"
-                 for p in probes]
+                 for p in probes if (layer, p, 30) in res.scores]
         print(i, layer, *cells)
     print(f"-> {args.out}")
 

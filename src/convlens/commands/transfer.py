@@ -151,7 +151,8 @@ def protocol_tables(res: Any, *, title: str = "Mean per-class accuracy % (mean Â
 
     ns = sorted({n for (_, _, n) in res.scores})
     keys = list(dict.fromkeys((p, layer) for (layer, p, _) in res.scores))
-    rows = [[f"{p} ({layer})", *(_fmt(*res.mean_std(layer, p, n)) for n in ns)] for p, layer in keys]
+    rows = [[f"{p} ({layer})", *(_fmt(*res.mean_std(layer, p, n)) if (layer, p, n) in res.scores else "-"
+                                  for n in ns)] for p, layer in keys]
     if scratch:
         rows.append(["trained from scratch", *(_fmt(float(np.mean(scratch[n])), float(np.std(scratch[n])))
                                                 if n in scratch else "-" for n in ns)])
@@ -163,7 +164,7 @@ def per_class_table(res: Any, class_names: Sequence[str]) -> dict[str, Any]:
     """Table 6 style: per-class accuracy of the last layer, each probe, largest n (mean over folds)."""
     layer = list(dict.fromkeys(k[0] for k in res.scores))[-1]
     n = max(k[2] for k in res.scores)
-    probes = list(dict.fromkeys(k[1] for k in res.scores))
+    probes = [p for p in dict.fromkeys(k[1] for k in res.scores) if (layer, p, n) in res.scores]
     cols = ["class", *(f"{p} acc %" for p in probes)]
     rows = []
     for c, name in enumerate(class_names):
@@ -191,8 +192,11 @@ def plot_vs_n(res: Any, out: Path, scratch: Mapping[int, Sequence[float]] | None
     ns = sorted({k[2] for k in res.scores})
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=110)
     for p in dict.fromkeys(k[1] for k in res.scores):
-        ms = np.array([res.mean_std(layer, p, n) for n in ns]) * 100
-        ax.errorbar(ns, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=f"{p} on {layer}")
+        have = [n for n in ns if (layer, p, n) in res.scores]
+        if not have:
+            continue
+        ms = np.array([res.mean_std(layer, p, n) for n in have]) * 100
+        ax.errorbar(have, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=f"{p} on {layer}")
     if scratch:
         sn = sorted(scratch)
         ax.errorbar(sn, [100 * np.mean(scratch[n]) for n in sn], yerr=[100 * np.std(scratch[n]) for n in sn],
@@ -216,8 +220,9 @@ def plot_by_layer(res: Any, out: Path) -> dict[str, str]:
     n = max(k[2] for k in res.scores)
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
     for p in dict.fromkeys(k[1] for k in res.scores):
-        ms = np.array([res.mean_std(layer, p, n) for layer in layers]) * 100
-        ax.errorbar(range(1, len(layers) + 1), ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=p)
+        have = [i for i, layer in enumerate(layers) if (layer, p, n) in res.scores]
+        ms = np.array([res.mean_std(layers[i], p, n) for i in have]) * 100
+        ax.errorbar([i + 1 for i in have], ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=p)
     ax.set_xticks(range(1, len(layers) + 1), [f"{i}\n{layer}" for i, layer in enumerate(layers, 1)], fontsize=7)
     ax.set(ylabel=f"accuracy % ({n}/class)", ylim=(0, 100), title="Linear probes per layer (Table 7 style)")
     ax.grid(alpha=0.3)
