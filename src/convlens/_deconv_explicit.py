@@ -14,6 +14,7 @@ speed comes from; the result is identical to computing full maps.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +35,7 @@ class _Window:
 
 
 def _pair(v: object) -> tuple[int, int]:
-    return tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))  # type: ignore[return-value]
+    return tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))  # type: ignore[return-value,call-overload]
 
 
 def _record(model: nn.Module, images: torch.Tensor, top: str, rule: str) -> tuple[torch.Tensor, dict]:
@@ -174,7 +175,7 @@ def _unpool(m: nn.MaxPool2d, win: _Window, codes: torch.Tensor, in_shape: torch.
     return _clip(_Window(out.view(b, c, ih, iw), win.oy * sy - py, win.ox * sx - px), in_shape[-2], in_shape[-1])
 
 
-def _down(model: nn.Module, stages: list[tuple[str, nn.Module]], sig: torch.Tensor | _Window, rec: dict,
+def _down(model: nn.Module, stages: list[tuple[str, nn.Module]], sig: Any, rec: dict,
           img: torch.Tensor, rule: str) -> _Window:
     """Run the signal down through ``stages`` (top first) to the input."""
     for name, m in stages:

@@ -54,6 +54,7 @@ import copy
 import logging
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 import torch
@@ -215,8 +216,8 @@ def _project(
     if images.dim() != 4:
         raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}; "
                          "add a batch dim with images[None]")
-    modes = {m: m.training for m in model.modules()}
-    inplace = [m for m in model.modules() if getattr(m, "inplace", False) is True]
+    modes: dict[nn.Module, bool] = {m: m.training for m in model.modules()}
+    inplace: list[Any] = [m for m in model.modules() if getattr(m, "inplace", False) is True]
     try:
         model.eval()
         for m in inplace:  # the rule hooks need the activation's input intact
@@ -233,7 +234,7 @@ def _project(
             m.training = mode
         for m in inplace:
             m.inplace = True
-    boxes = _boxes(model, layer, units, tuple(images.shape[-2:]))
+    boxes = _boxes(model, layer, units, (images.shape[-2], images.shape[-1]))
     return Projection(out.detach(), values.detach(), units, boxes, layer, rule)
 
 
@@ -473,7 +474,7 @@ def sanity_check(
     bounds = [round(i * len(layers) / n_steps) for i in range(n_steps + 1)]
     for group in (layers[a:b] for a, b in zip(bounds, bounds[1:])):
         for name in group:
-            weight = get_module(work, name).weight
+            weight: torch.Tensor = get_module(work, name).weight  # type: ignore[assignment]
             with torch.no_grad():
                 noise = torch.randn(weight.shape, generator=gen, dtype=torch.float64)
                 weight.copy_((noise * weight.double().std()).to(weight))

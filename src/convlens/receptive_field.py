@@ -120,7 +120,7 @@ def _convnet_rfs(model: nn.Module, whole: RF) -> dict[str, RF]:
     for name, m in model.stages():  # type: ignore[operator]
         rf = _module_rf(m, name, rf, whole)
         out[name] = rf
-    for layer in model.layer_names:  # type: ignore[attr-defined]
+    for layer in model.layer_names:  # type: ignore[attr-defined,union-attr]
         if layer != "fc8":
             out.setdefault(layer, out[model.resolve(layer)])  # type: ignore[operator]
     return out
