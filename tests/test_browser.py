@@ -20,6 +20,7 @@ ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.timeout(900),  # may build the shared demo run (see test_explorer)
     pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (apt-get install chromium)"),
 ]
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright for Python is not installed")

@@ -13,6 +13,11 @@ from convlens.demo import Step, _argv, _run_step, _subcommands, _Tee, make_synth
 from test_explorer import run_info, shared_run_dir
 
 
+# The shared demo run takes ~1 min of CPU; on a heavily shared machine its wall time can pass the
+# suite's 300 s per-test default, which the first test using it pays for.
+pytestmark = pytest.mark.timeout(900)
+
+
 @pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason=f"{FASHION_MNIST_DIR} missing (apt-get install dataset-fashion-mnist)")
 def test_demo_quick_end_to_end(tmp_path_factory: pytest.TempPathFactory) -> None:
     run = shared_run_dir(tmp_path_factory)  # 'convlens demo --quick', run once per session

@@ -24,6 +24,11 @@ from convlens.demo import PLANS, make_synthetic_dataset, run_demo
 from convlens.explorer import MAX_UPLOAD_BYTES, create_app, decode_upload
 
 
+# The shared demo run takes ~1 min of CPU; on a heavily shared machine its wall time can pass the
+# suite's 300 s per-test default, which the first test using it pays for.
+pytestmark = pytest.mark.timeout(900)
+
+
 def shared_run_dir(factory: pytest.TempPathFactory) -> Path:
     """Build the session's demo run once (the test files share it); ``steps.json`` records how it went."""
     base = factory.getbasetemp() / "convlens-demo-run"

@@ -160,8 +160,9 @@ def _overview(run: Run) -> str:
     if run.config:
         cfg = run.config
         keys = [k for k in _CONFIG_KEYS if k in cfg] or [k for k, v in cfg.items() if not isinstance(v, (dict, list))]
-        rows = tuple((k, json.dumps(cfg[k], default=str).strip('"')) for k in keys)
-        parts.append(_table(Table("Training configuration (config.json)", ("setting", "value"), rows)))
+        items = "".join(f"<span><b>{escape(k)}</b> {escape(json.dumps(cfg[k], default=str).strip(chr(34)))}</span>"
+                        for k in keys)
+        parts.append(f'<p class="tt">Training configuration (config.json)</p><p class="cfg">{items}</p>')
     trains = run.of_kind("train")
     main = next((r for r in trains if r.name == ""), None)
     if main is not None:
