@@ -326,8 +326,8 @@ class _Incremental:
         self.final = x[0].permute(1, 2, 0).contiguous()  # (h, w, C) last spatial stage
         self.in_channels = image.shape[1]
         self.fill = torch.as_tensor(fill, dtype=image.dtype, device=image.device).reshape(1, -1, 1, 1)
-        self.weights = {name: m.weight.contiguous(memory_format=torch.channels_last)
-                        for name, m, g in self.stages if g[0] == "conv"}
+        self.weights: dict[str, Tensor] = {name: conv.weight.contiguous(memory_format=torch.channels_last)
+                                           for name, conv, g in self.stages if isinstance(conv, nn.Conv2d)}
         self.padded: dict[int, Tensor] = {}
         for i, (_, m, (kind, k, s, p)) in enumerate(self.stages):
             if kind != "point":
@@ -374,7 +374,8 @@ class _Incremental:
                 patch, box = self._window_stage(i, m, kind, k, s, p, patch, box)
             if name == self.layer_stage:
                 activity = self._activity(i, patch, box)
-        full = _gather(self.final, patch, box, [torch.zeros_like(ys)] * 2, self.final.shape[:2])
+        h, w = self.final.shape[:2]
+        full = _gather(self.final, patch, box, [torch.zeros_like(ys)] * 2, (h, w))
         assert activity is not None
         return full.reshape(B, -1), activity  # NCHW flatten order, for model.forward_head
 
@@ -385,7 +386,7 @@ class _Incremental:
         need_start = [b[2] * s - p for b in new_box]  # input rows/cols the new box reads
         need_len = ((new_box[0][3] - 1) * s + k, (new_box[1][3] - 1) * s + k)
         x = _gather(self.padded[i], patch, box, need_start, need_len, offset=k + s)  # channels_last
-        if kind == "conv":
+        if isinstance(m, nn.Conv2d):
             out = F.conv2d(x, self.weights[self.stages[i][0]], m.bias, s, 0, 1, m.groups)
         else:
             out = F.max_pool2d(x, k, s)  # -inf padding stands for the pool's border / ceil mode

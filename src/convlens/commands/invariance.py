@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--labels has {len(labels)} values for {len(images)} images")
     H = images.shape[-2]
     translate = _floats(args.translate, "--translate") if args.translate else \
-        [round(v * H / 224) for v in range(-60, 61, 10)]
+        [float(round(v * H / 224)) for v in range(-60, 61, 10)]
     sweeps = {"translate": translate, "scale": _floats(args.scale, "--scale"), "rotate": _floats(args.rotate, "--rotate")}
     curves = {t: invariance_curves(loaded.model, images, transform=t, params=v, layers=layers, labels=labels)
               for t, v in sweeps.items()}
