@@ -23,7 +23,8 @@ from convlens.occlusion import occlusion_map
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODEL_DIR = SHARED / "models" / "mobilenet_v2_imagenet"
 # MobileNet's stride-2 depthwise convs turn deconvnet projections into a checkerboard; the guided
-# rule (deconvnet + the forward ReLU gates) shows the structure.
+# rule (deconvnet + the forward ReLU gates) shows structure, unless the unit is clipped at ReLU6's
+# 6 (then its signal is exactly zero and panel (c) says so).
 RULE = "guided"
 IMAGES = ["n02112018/n02112018_Pomeranian.JPEG", "n04285008/n04285008_sports_car.JPEG",
           "n02088094/n02088094_Afghan_hound.JPEG"]

@@ -88,6 +88,9 @@ def render(image01: torch.Tensor, occ: Any, projection01: torch.Tensor | None, b
         if box is not None:
             y0, x0, y1, x1 = [int(v) for v in box]
             ax[2].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="black", lw=2))
+    else:
+        ax[2].text(0.5, 0.5, "no projection:\nzero signal\n(e.g. saturated ReLU6 unit)", ha="center", va="center",
+                   transform=ax[2].transAxes, fontsize=9)
     ax[2].set_title(f"(c) {rule} projection of {occ.layer} map {occ.channel}", fontsize=9)
     labels = occ.label_heatmap.cpu()
     uniq, counts = labels.unique(return_counts=True)
@@ -161,11 +164,13 @@ def _projection(model: Any, image: torch.Tensor, occ: Any, rule: str = "deconvne
         from ..viz import normalize_for_display
 
         proj = project_max(model, image[None], occ.layer, [occ.channel], rule=rule)
+        if not proj.images.abs().max() > 0:  # e.g. guided/gradient through a unit clipped by ReLU6
+            raise ValueError(f"the {rule} projection of {occ.layer} map {occ.channel} is exactly zero")
         return normalize_for_display(proj.images[0, 0]).cpu(), proj.boxes[0, 0].tolist()
     except (ImportError, ValueError, NotImplementedError) as exc:  # e.g. a model the deconvnet cannot walk
         import logging
 
-        logging.getLogger(__name__).warning("no deconvnet projection for panel (c): %s", exc)
+        logging.getLogger(__name__).warning("no projection for panel (c): %s", exc)
         return None, None
 
 
