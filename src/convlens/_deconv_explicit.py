@@ -80,6 +80,9 @@ def _crop_records(t: torch.Tensor, img: torch.Tensor, win: _Window) -> torch.Ten
     rows = (win.oy[:, None] + torch.arange(h, device=t.device)).clamp(0, H - 1)  # (B, h)
     cols = (win.ox[:, None] + torch.arange(w, device=t.device)).clamp(0, W - 1)
     pos = (rows[:, :, None] * W + cols[:, None, :]).view(-1, 1, h * w)  # (B, 1, h*w)
+    b = len(img)
+    if n == 1:  # one image (the common case): gather through broadcast views, no (B, C, h*w) index
+        return t.reshape(1, c, H * W).expand(b, c, H * W).gather(2, pos.expand(b, c, h * w)).view(b, c, h, w)
     base = (img[:, None] * c + torch.arange(c, device=t.device)) * (H * W)  # (B, C)
     return t.reshape(-1)[(base[:, :, None] + pos).view(-1)].view(-1, c, h, w)
 
