@@ -361,3 +361,15 @@ def test_cli_project_writes_pngs_and_result(tiny_checkpoint, image_folder, tmp_p
     assert result["data"]["sanity"]["layers"] == ["conv2", "conv1"]
     assert main(["project", "--checkpoint", str(tiny_checkpoint), "--image", str(image), "--top", "0",
                  "--out", str(out)]) == 2
+
+
+def test_spearman_averages_ties():
+    # two sparse maps sharing no support: scipy.stats.spearmanr gives -0.0973729 (ties averaged);
+    # ordinal ranks of the zeros would instead correlate through pixel order
+    a = torch.zeros(1, 3, 4, 4)
+    a[0, 0, 1, 1], a[0, 1, 2, 2] = 1.0, 2.0
+    b = torch.zeros(1, 3, 4, 4)
+    b[0, 0, 3, 3] = 1.0
+    spearman, pearson = deconv._correlations(a, b)
+    assert float(spearman) == pytest.approx(-0.09737289911202952, abs=1e-12)
+    assert float(deconv._correlations(a, a)[0]) == pytest.approx(1.0)

@@ -440,7 +440,13 @@ def _correlations(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
         return (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1))  # nan for constant maps
 
     def ranks(u: torch.Tensor) -> torch.Tensor:
-        return u.argsort(-1).argsort(-1).to(torch.float64)
+        """Ranks with ties averaged (sparse maps have many equal zeros; ordinal ranks would
+        correlate through the tie order alone)."""
+        u = u.double().contiguous()
+        ordered = u.sort(-1).values
+        lo = torch.searchsorted(ordered, u, right=False)
+        hi = torch.searchsorted(ordered, u, right=True)
+        return (lo + hi - 1).double() / 2
 
     sa, sb = a.abs().sum(-3).flatten(-2), b.abs().sum(-3).flatten(-2)
     return corr(ranks(sa), ranks(sb)), corr(a.flatten(-3).double(), b.flatten(-3).double())
