@@ -30,7 +30,8 @@ def test_demo_quick_end_to_end(tmp_path_factory: pytest.TempPathFactory) -> None
     for section in ("summary", "training", "mine", "evolution", "invariance", "diagnose", "occlusion",
                     "ablate", "transfer", "project"):
         assert f'<section id="{section}"' in html, section
-    assert info["seconds"] < 240, f"demo --quick took {info['seconds']} s"
+    # CPU time, not wall time: on a shared machine the wall time says more about the neighbours.
+    assert info["cpu_seconds"] < 240, f"demo --quick took {info['cpu_seconds']} s of CPU ({info['seconds']} s wall)"
 
 
 def test_failing_or_missing_step_is_logged_and_skipped(capsys: pytest.CaptureFixture[str]) -> None:
