@@ -309,7 +309,8 @@ class _Run:
                  argv: list[str], progress: bool) -> None:
         self.cfg, self.device, self.info, self.argv = cfg, device, info, argv
         self.out = Path(cfg.out) if cfg.out else None
-        torch.manual_seed(cfg.seed)  # dropout and augmentation draw from the global RNG
+        # dropout and augmentation draw from the global RNG; each DDP rank gets its own stream
+        torch.manual_seed(cfg.seed + 1000 * info.rank)
         self.data = datasets if datasets is not None else open_run_data(cfg, self.out, progress=progress, dist_info=info)
         if self.data.preprocessing is None:
             size = get_config(cfg.arch).input_size
@@ -432,7 +433,9 @@ class _Run:
         if self.scaler is not None and extra.get("scaler"):
             self.scaler.load_state_dict(extra["scaler"])
         self.rows = list(extra["history"])
-        set_rng_state(extra["rng"])
+        set_rng_state(extra["rng"])  # rank 0's state (bit-identical resume in one process)
+        if self.info.rank > 0:  # other DDP ranks: a fresh stream of their own
+            torch.manual_seed(self.cfg.seed + 1000 * self.info.rank + int(ckpt["epoch"]))
         log.info("resumed from %s at epoch %d", path, ckpt["epoch"])
         return int(ckpt["epoch"])
 
