@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
 __all__ = ["DemoPlan", "Step", "PLANS", "run_demo", "export_images", "make_synthetic_dataset"]
 
@@ -229,9 +229,10 @@ def _write_summary(out: Path, arch: str, num_classes: int) -> None:
     from .model import build_model, summary
 
     model = build_model(arch, num_classes=num_classes)
-    rows = [[r["stage"], "x".join(str(s) for s in r["shape"]), f"{int(r['params']):,}"]  # type: ignore[union-attr]
-            for r in summary(model) if not str(r["stage"]).startswith(("relu", "drop"))]
-    total = sum(int(r["params"]) for r in summary(model))  # type: ignore[call-overload]
+    stages: list[dict[str, Any]] = summary(model)
+    rows = [[r["stage"], "x".join(str(s) for s in r["shape"]), f"{int(r['params']):,}"]
+            for r in stages if not str(r["stage"]).startswith(("relu", "drop"))]
+    total = sum(int(r["params"]) for r in stages)
     write_result(out / "summary", "summary", title=f"{arch}: layers, output shapes and parameters (Fig. 3)",
                  summary=f"{arch} on {model.cfg.input_size}x{model.cfg.input_size} inputs, {total:,} parameters; "
                          "the stage order and sizes of the paper's Fig. 3, scaled down.",
@@ -319,7 +320,7 @@ def _run_demo(out: Path, plan: DemoPlan, quick: bool, dataset: str, data_dir: st
               echo: Callable[[str], None]) -> DemoResult:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    cmds, notes = _subcommands(), []
+    cmds, notes = _subcommands(), []  # type: tuple[dict[str, set[str]], list[str]]
     data = {"--dataset": dataset, "--data-dir": data_dir}
     train = {"--arch": plan.arch, **data, "--epochs": plan.epochs, "--batch-size": plan.batch_size, "--init": plan.init,
              "--lr": plan.lr, "--dropout": plan.dropout,

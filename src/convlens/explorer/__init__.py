@@ -97,7 +97,7 @@ def _mine_layers(mine: Result | None) -> dict[str, Any]:
 
 
 def _activations(state: _State, mine: Result, acts: Any) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for a in acts if isinstance(acts, list) else []:
         if not isinstance(a, dict):
             continue
@@ -114,8 +114,8 @@ def _evolution(state: _State, run: Run, layer: str, m: str) -> tuple[list[dict[s
     evo = run.first("evolution")
     if evo is None:
         return [], ""
-    layers = evo.data.get("layers") if isinstance(evo.data.get("layers"), dict) else {}
-    info = layers.get(layer) if isinstance(layers.get(layer), dict) else {}
+    layers: dict[str, Any] = evo.data["layers"] if isinstance(evo.data.get("layers"), dict) else {}
+    info: dict[str, Any] = layers[layer] if isinstance(layers.get(layer), dict) else {}
     tracked = [str(v) for v in info.get("maps", [])] if isinstance(info.get("maps"), list) else []
     figures = [{"label": f.caption, "url": state.url(f.path)} for f in evo.figures if f.group == layer]
     figures = [f for f in figures if f["url"]]
