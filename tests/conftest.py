@@ -8,6 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+# Tests use tiny tensors: one intra-op thread avoids thread hand-off costs (and oversubscription).
+torch.set_num_threads(1)
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is not present")
 

@@ -141,3 +141,28 @@ def test_limit_spreads_over_classes(tmp_path):
     assert "/b/" in ds.describe(1)
     with pytest.raises(IndexError):
         ds[3]
+
+
+def test_tf_same_padding_matches_explicit_pad():
+    from convlens.checkpoint import use_tf_same_padding
+
+    conv = torch.nn.Conv2d(2, 3, 3, stride=2, padding=1)
+    x = torch.randn(1, 2, 8, 8)
+    ref = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 1, 0, 1)), conv.weight, conv.bias, stride=2)
+    net = use_tf_same_padding(torch.nn.Sequential(conv))
+    torch.testing.assert_close(net(x), ref)
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data" / "models").exists(),
+                    reason="../shared/data/models is not present")
+def test_mobilenet_sidecar_preprocessing_classes_and_padding():
+    from convlens.checkpoint import load_model
+
+    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "models" / "mobilenet_v2_imagenet"
+    loaded = load_model("torchvision:mobilenet_v2", weights=folder / "mobilenet_v2_imagenet.pt")
+    assert loaded.class_names[1] == "goldfish" and loaded.preprocessing.mean.flatten().tolist() == [127.5] * 3
+    assert loaded.model.features[0][0].padding == (0, 0) and loaded.model.features[0][0]._forward_pre_hooks
+    img = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample" / "n01443537"
+    x = loaded.preprocessing.load(next(img.iterdir()))[None]
+    with torch.no_grad():
+        assert loaded.model(x).argmax().item() == 1

@@ -10,6 +10,12 @@ A convlens checkpoint is a dict saved with ``torch.save``::
 torchvision classification CNN. A ``meta.json`` beside the weights file may give the input
 normalization (``input.normalize_mean/std`` in [0, 1] units) and ``imagenet_classes.txt`` or
 ``classes.txt`` the class names; otherwise torchvision's ImageNet normalization is assumed.
+
+Weights converted from TensorFlow / TF Lite (``meta.json`` naming a ``.tflite`` source, or
+``tf_padding=True``) expect TF "SAME" padding in stride-2 convs (pad 0 top/left, the rest
+bottom/right) where torchvision pads symmetrically; :func:`use_tf_same_padding` fixes that with
+forward pre-hooks on those convs (module names and the state_dict unchanged). Receptive-field
+boxes stay exact: the top-left origin is that of ``padding=0``.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from torch import nn
 from .data import Preprocessing, imagenet_preprocessing
 from .model import ConvNet, build_model
 
-__all__ = ["FORMAT", "Loaded", "save_checkpoint", "atomic_save", "load_checkpoint", "load_model"]
+__all__ = ["FORMAT", "Loaded", "atomic_save", "load_checkpoint", "load_model", "save_checkpoint", "use_tf_same_padding"]
 
 FORMAT = "convlens-checkpoint/1"
 
@@ -100,7 +106,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def _torchvision_model(name: str, weights: str | Path | None) -> Loaded:
+def _same_pad(mod: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    x = inputs[0]
+    (kh, kw), (sh, sw) = mod.kernel_size, mod.stride  # type: ignore[misc]
+    h, w = x.shape[-2:]
+    ph = max((-(-h // sh) - 1) * sh + kh - h, 0)
+    pw = max((-(-w // sw) - 1) * sw + kw - w, 0)
+    return (torch.nn.functional.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)),)
+
+
+def use_tf_same_padding(model: nn.Module) -> nn.Module:
+    """Make every stride-2 ``Conv2d`` pad like TensorFlow's "SAME" (in place; returns the model)."""
+    for mod in model.modules():
+        if isinstance(mod, nn.Conv2d) and mod.stride != (1, 1):
+            mod.padding = (0, 0)
+            mod.register_forward_pre_hook(_same_pad)
+    return model
+
+
+def _wants_tf_padding(folder: Path) -> bool:
+    meta = folder / "meta.json"
+    if not meta.is_file():
+        return False
+    source = json.loads(meta.read_text()).get("source", {})
+    return isinstance(source, dict) and str(source.get("file", "")).endswith((".tflite", ".pb"))
+
+
+def _torchvision_model(name: str, weights: str | Path | None, tf_padding: bool | None) -> Loaded:
     import torchvision
 
     builder = getattr(torchvision.models, name, None)
@@ -119,6 +151,10 @@ def _torchvision_model(name: str, weights: str | Path | None) -> Loaded:
             state = state["model"]
         model.load_state_dict(state)
         pre, class_names = _sidecar(wpath.parent, pre, class_names)
+        if tf_padding is None:
+            tf_padding = _wants_tf_padding(wpath.parent)
+    if tf_padding:
+        use_tf_same_padding(model)
     return Loaded(model.eval(), pre, class_names, f"torchvision:{name}", None, str(weights) if weights else None)
 
 
@@ -140,13 +176,15 @@ def _sidecar(folder: Path, pre: Preprocessing, names: list[str]) -> tuple[Prepro
 
 
 def load_model(spec: str | Path, *, weights: str | Path | None = None,
-               map_location: str | torch.device = "cpu") -> Loaded:
+               map_location: str | torch.device = "cpu", tf_padding: bool | None = None) -> Loaded:
     """Load a model for analysis, in eval mode.
 
     Args:
         spec: a convlens checkpoint path, or ``torchvision:<name>`` (then ``weights`` is its state_dict file).
         weights: state_dict file for a torchvision architecture (loaded with ``weights_only=True``).
         map_location: device to load the tensors on.
+        tf_padding: TF "SAME" padding for stride-2 convs of a torchvision model (default: on when a
+            ``meta.json`` beside ``weights`` names a TensorFlow source; see the module docstring).
 
     Example:
         >>> loaded = load_model("runs/demo/checkpoints/last.pt")
@@ -155,7 +193,7 @@ def load_model(spec: str | Path, *, weights: str | Path | None = None,
     """
     spec = str(spec)
     if spec.startswith("torchvision:"):
-        return _torchvision_model(spec.split(":", 1)[1], weights)
+        return _torchvision_model(spec.split(":", 1)[1], weights, tf_padding)
     state = load_checkpoint(spec, map_location)
     model = build_model(state["arch"], num_classes=state["num_classes"], in_channels=state["in_channels"])
     model.load_state_dict(state["model"])
