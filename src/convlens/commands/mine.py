@@ -149,7 +149,8 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
     write_result(
         out, "mine", title=f"Top-{args.k} activations per feature map (Fig. 2)",
         summary=f"Strongest activation of each map in each of {first.num_images} {args.split} images "
-                f"({first.num_skipped} unreadable skipped), top {args.k} per map (one per image), projected "
+                f"({first.num_skipped} unreadable skipped), top {args.k} per map "
+                f"({'one per image' if args.per_image == 1 else f'up to {args.per_image} per image'}), projected "
                 "with the deconvnet beside the receptive-field patches.",
         params={"checkpoint": args.checkpoint or args.arch, "dataset": args.dataset, "split": args.split,
                 "layers": list(tops), "k": args.k, "per_image": args.per_image, "maps": args.maps,
