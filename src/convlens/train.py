@@ -467,14 +467,24 @@ def open_run_data(cfg: TrainConfig, out: Path | None, *, progress: bool = False,
         torch.distributed.barrier()
     if cfg.normalize_std if cfg.normalize_std is not None else cfg.init == "kaiming":
         pre = dataclasses.replace(pre, std=torch.full((3, 1, 1), _pixel_std(cfg, pre)))
-    train = data.open_dataset(cfg.dataset, "train", pre, data_dir=cfg.data_dir, mode="train", limit=cfg.limit_train)
-    val = data.open_dataset(cfg.dataset, "test", pre, data_dir=cfg.data_dir, mode="eval", limit=cfg.limit_val)
-    return RunData(train, val, tuple(train.classes), pre)
+    train = data.open_dataset(cfg.dataset, "train", pre, data_dir=cfg.data_dir, mode="train")
+    val = data.open_dataset(cfg.dataset, "test", pre, data_dir=cfg.data_dir, mode="eval")
+    classes = tuple(train.classes)
+    return RunData(_subset(train, cfg.limit_train), _subset(val, cfg.limit_val), classes, pre)
+
+
+def _subset(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
+    """A fixed random subset of ``n`` items (kept in file order). Not the first ``n``: an ImageFolder
+    is sorted by class, so its first images would cover only the first classes."""
+    if n is None or n >= len(ds):  # type: ignore[arg-type]
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values  # type: ignore[arg-type]
+    return torch.utils.data.Subset(ds, idx.tolist())
 
 
 def _pixel_std(cfg: TrainConfig, pre: data.Preprocessing, n: int = 2048) -> float:
-    """Std of mean-subtracted pixels (0..255 units) over the first ``n`` training images (deterministic)."""
-    ds = data.open_dataset(cfg.dataset, "train", pre, data_dir=cfg.data_dir, mode="eval", limit=n)
+    """Std of mean-subtracted pixels (0..255 units) over a fixed random ``n`` training images."""
+    ds = _subset(data.open_dataset(cfg.dataset, "train", pre, data_dir=cfg.data_dir, mode="eval"), n)
     xs = torch.cat([b[0] for b in DataLoader(ds, 256, collate_fn=_collate)])
     return float(xs.double().std())
 

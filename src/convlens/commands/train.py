@@ -51,8 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="divide inputs by the training pixel std (unit variance). Default: on with --init "
                    "kaiming (He init assumes unit-variance inputs), off with the paper's 0..255 recipe")
     p.add_argument("--seed", type=int, default=_S, help="random seed (default 0)")
-    p.add_argument("--limit-train", dest="limit_train", type=int, default=_S, help="use the first N training images")
-    p.add_argument("--limit-val", dest="limit_val", type=int, default=_S, help="use the first N test images")
+    p.add_argument("--limit-train", dest="limit_train", type=int, default=_S, help="train on a fixed random N training images (all classes)")
+    p.add_argument("--limit-val", dest="limit_val", type=int, default=_S, help="validate on a fixed random N test images")
     p.add_argument("--limit", dest="limit_train", type=int, default=_S, help="alias of --limit-train")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=_S, help="default auto")
     p.add_argument("--amp", action="store_true", default=_S, help="CUDA: bf16/fp16 autocast")
