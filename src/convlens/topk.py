@@ -16,15 +16,12 @@ Definitions (what "the top 9" means here, exactly):
   (``tests/test_topk.py``).
 * fc layers ``(B, F)`` are maps of size 1x1 (position (0, 0)).
 
-Departures from the paper: the paper mines the ImageNet validation set with its own code; here
-any dataset works, and ties (e.g. many all-zero maps of a rectified layer) are broken
-deterministically instead of arbitrarily.
-
-Resuming and sharding: :func:`mine_top_activations` saves its state atomically every
-``save_every`` batches (with the count of finished batches) and, on restart, skips the finished
-batches without loading them. Under ``torchrun`` (``torch.distributed`` initialized) the dataset
-is split into contiguous index ranges, one per process (no padding: no image counted twice, none
-dropped), and the per-process top-k are gathered and merged exactly.
+Departure from the paper: ties (e.g. the many all-zero maps of a rectified layer) are broken
+deterministically instead of arbitrarily. Resuming and sharding: :func:`mine_top_activations`
+saves its state atomically every ``save_every`` batches and, on restart, skips the finished
+batches without loading them; under ``torchrun`` the dataset is split into contiguous index
+ranges, one per process (no padding: no image counted twice, none dropped), and the per-process
+top-k are gathered and merged exactly. :func:`unit_tiles` projects the mined units (Fig. 2 tiles).
 """
 from __future__ import annotations
 
@@ -40,6 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, Sampler
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +78,8 @@ class _Top:
 
     @classmethod
     def empty(cls, channels: int, k: int, hw: tuple[int, int], like: torch.Tensor) -> "_Top":
-        values = torch.full((channels, k), float("-inf"), dtype=like.dtype, device=like.device)
-        minus = torch.full((channels, k), -1, dtype=torch.long, device=like.device)
-        return cls(values, minus, minus.clone(), hw)
+        minus = torch.full((channels, k), -1, dtype=torch.long, device=like.device)  # empty slots: value -inf
+        return cls(torch.full((channels, k), float("-inf"), dtype=like.dtype, device=like.device), minus, minus.clone(), hw)
 
     def push(self, values: torch.Tensor, indices: torch.Tensor, flat: torch.Tensor, k: int, by_pos: bool) -> None:
         """Merge candidates (C, M) into the running top-k with one sort on the concatenation."""
@@ -229,14 +226,8 @@ class ShardSampler(Sampler[int]):
         return self.stop - self.start
 
 
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _batches(loader: Iterable[Any], start: int, rank: int, world: int) -> tuple[Iterable[Any], int | None, int | None]:
-    """The loader's batches from batch ``start`` on, for this rank; the total batch and image counts.
+def _batches(loader: Iterable[Any], start: int, rank: int, world: int) -> tuple[Iterable[Any], int | None]:
+    """The loader's batches from batch ``start`` on, for this rank, and how many images they hold.
 
     A ``DataLoader`` is rebuilt over explicit batch lists, so skipped batches are never loaded and
     each rank reads only its contiguous share of the sampler's order.
@@ -244,12 +235,11 @@ def _batches(loader: Iterable[Any], start: int, rank: int, world: int) -> tuple[
     if not isinstance(loader, DataLoader) or loader.batch_sampler is None:
         if world > 1:
             raise ValueError("distributed mining needs a torch DataLoader (to shard its dataset)")
-        n = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-        return itertools.islice(loader, start, None), n, None
+        return itertools.islice(loader, start, None), None
     if isinstance(loader.sampler, RandomSampler) and (start or world > 1):
         raise ValueError("resuming or sharding needs a fixed order: build the DataLoader with shuffle=False")
     if start == 0 and (world == 1 or isinstance(loader.sampler, ShardSampler)):
-        return loader, len(loader), len(loader.sampler)  # type: ignore[arg-type]
+        return loader, len(loader.sampler)  # type: ignore[arg-type]
     order = list(loader.sampler)
     if world > 1 and not isinstance(loader.sampler, ShardSampler):
         order = order[rank * len(order) // world:(rank + 1) * len(order) // world]
@@ -260,7 +250,7 @@ def _batches(loader: Iterable[Any], start: int, rank: int, world: int) -> tuple[
     rebuilt = DataLoader(loader.dataset, batch_sampler=chunks[start:], num_workers=loader.num_workers,
                          collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
                          worker_init_fn=loader.worker_init_fn)
-    return rebuilt, len(chunks), sum(len(c) for c in chunks[start:])
+    return rebuilt, sum(len(c) for c in chunks[start:])
 
 
 def layer_features(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -336,18 +326,17 @@ def mine_top_activations(
         >>> tops = mine_top_activations(model, loader, ["conv1", "conv5"], k=9)
         >>> tops["conv5"].dataset_indices[42]  # the 9 images that excite map 42 most
     """
-    rank, world = _dist()
+    on = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if on else (0, 1)
     acc = TopKAccumulator(layers, k=k, per_image=per_image)
     path = None if state_path is None else Path(f"{state_path}.rank{rank}" if world > 1 else state_path)
     key = {"state_key": state_key, "world": world, "batch_size": getattr(loader, "batch_size", None),
            "dataset_size": len(loader.dataset) if isinstance(loader, DataLoader) else None}  # type: ignore[arg-type]
     done = _resume(path, key, acc) if path is not None else 0
-    batches, total, todo = _batches(loader, done, rank, world)
+    batches, todo = _batches(loader, done, rank, world)
     param = next(model.parameters())
     was_training = model.training
     model.eval()
-    from tqdm import tqdm
-
     bar = tqdm(total=todo, unit="img", unit_scale=world, desc=f"mining {','.join(layers)}",
                disable=not progress or rank != 0)
     try:
@@ -421,10 +410,7 @@ class UnitTiles:
         boxes: (M, K, 4) the receptive field ``(y0, x0, y1, x1)``, half-open, clipped to the image.
         values: (M, K) the activation each projection starts from.
         indices: (M, K) dataset index of each entry's image.
-        maps: (M,) the channels; ``layer``: the layer.
-
-    S is the receptive-field side (at most the image side); a box clipped by the border sits in its
-    tile where the unclipped field would have put it.
+        maps: (M,) the channels; ``layer``: the layer. S: the RF side (at most the image side).
     """
 
     projections: torch.Tensor
@@ -460,8 +446,7 @@ def unit_tiles(
         maps: channels to show.
         to_pixels: maps normalized (N, 3, H, W) images to displayable pixels (e.g.
             ``Preprocessing.denormalize``), applied to the whole image before cropping.
-        chunk: units per :func:`convlens.deconv.project_units` call (the k images of a map, and
-            several maps, go through one deconvnet pass).
+        chunk: units per :func:`convlens.deconv.project_units` call (one deconvnet pass).
         fill: patch value outside the image.
 
     Example:
