@@ -109,12 +109,12 @@ def test_bad_config_is_a_readable_error():
 
 
 def test_limit_takes_a_random_subset_over_all_classes():
-    from convlens.train import _subset
+    from convlens.train import random_subset
 
     labels = torch.arange(4).repeat_interleave(25)  # class-sorted, like an ImageFolder
     ds = TensorDataset(torch.zeros(100, 1), labels)
-    sub = _subset(ds, 20)
+    sub = random_subset(ds, 20)
     picked = torch.tensor([sub[i][1] for i in range(len(sub))])
     assert len(sub) == 20 and set(picked.tolist()) == {0, 1, 2, 3}
-    assert [sub[i][1] for i in range(20)] == [_subset(ds, 20)[i][1] for i in range(20)]  # deterministic
-    assert _subset(ds, None) is ds and _subset(ds, 500) is ds
+    assert [sub[i][1] for i in range(20)] == [random_subset(ds, 20)[i][1] for i in range(20)]  # deterministic
+    assert random_subset(ds, None) is ds and random_subset(ds, 500) is ds

@@ -63,6 +63,7 @@ __all__ = [
     "build_train_model",
     "METRICS_COLUMNS",
     "make_loader",
+    "random_subset",
     "resolve_device",
 ]
 
@@ -470,10 +471,10 @@ def open_run_data(cfg: TrainConfig, out: Path | None, *, progress: bool = False,
     train = data.open_dataset(cfg.dataset, "train", pre, data_dir=cfg.data_dir, mode="train")
     val = data.open_dataset(cfg.dataset, "test", pre, data_dir=cfg.data_dir, mode="eval")
     classes = tuple(train.classes)
-    return RunData(_subset(train, cfg.limit_train), _subset(val, cfg.limit_val), classes, pre)
+    return RunData(random_subset(train, cfg.limit_train), random_subset(val, cfg.limit_val), classes, pre)
 
 
-def _subset(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
+def random_subset(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
     """A fixed random subset of ``n`` items (kept in file order). Not the first ``n``: an ImageFolder
     is sorted by class, so its first images would cover only the first classes."""
     if n is None or n >= len(ds):  # type: ignore[arg-type]
@@ -484,7 +485,7 @@ def _subset(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
 
 def _pixel_std(cfg: TrainConfig, pre: data.Preprocessing, n: int = 2048) -> float:
     """Std of mean-subtracted pixels (0..255 units) over a fixed random ``n`` training images."""
-    ds = _subset(data.open_dataset(cfg.dataset, "train", pre, data_dir=cfg.data_dir, mode="eval"), n)
+    ds = random_subset(data.open_dataset(cfg.dataset, "train", pre, data_dir=cfg.data_dir, mode="eval"), n)
     xs = torch.cat([b[0] for b in DataLoader(ds, 256, collate_fn=_collate)])
     return float(xs.double().std())
 

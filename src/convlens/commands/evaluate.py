@@ -12,7 +12,7 @@ from ..artifacts import write_result
 from ..checkpoint import load_model
 from ..data import collate_skip, open_dataset
 from ..evaluation import average_log_proba, predict_log_proba, topk_errors
-from ..train import resolve_device
+from ..train import random_subset, resolve_device
 
 COLUMNS = ["model", "crops", "top-1 err", "top-5 err", "loss", "images"]
 
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default=None, help="where the named dataset lives")
     p.add_argument("--split", default="test", choices=("test", "val", "train"), help="default test")
     p.add_argument("--ten-crop", action="store_true", help="average the softmax over the paper's 10 crops")
-    p.add_argument("--limit", type=int, default=None, help="use the first N images")
+    p.add_argument("--limit", type=int, default=None, help="use a fixed random N images (all classes)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
     labels = torch.empty(0, dtype=torch.long)
     for spec in args.checkpoint:
         loaded = load_model(spec, map_location=device)
-        ds = open_dataset(args.dataset, args.split, loaded.preprocessing, data_dir=args.data_dir, mode=mode,
-                          limit=args.limit)
+        ds = random_subset(open_dataset(args.dataset, args.split, loaded.preprocessing, data_dir=args.data_dir,
+                                        mode=mode), args.limit)
         loader = DataLoader(ds, args.batch_size, num_workers=args.workers, collate_fn=collate_skip)
         logp, y = predict_log_proba(loaded.model, loader, ten_crop=args.ten_crop, progress=True)
         if log_probas and not torch.equal(labels, y):
