@@ -22,7 +22,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="fashion-mnist, cifar10, or an ImageFolder directory")
     p.add_argument("--data-dir", default=None, help="where the named dataset lives (cifar10: DIR/train, DIR/test)")
     p.add_argument("--layers", default=DEFAULT_LAYERS, help=f"comma-separated layers (default {DEFAULT_LAYERS})")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--limit", type=int, default=None, help="use N images spread evenly over the split (all classes)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
