@@ -43,7 +43,7 @@ class DemoPlan:
     init: str = "kaiming"
     lr: float = 0.01
     dropout: float = 0.0
-    limit_train: int = 3000
+    limit_train: int = 2000
     limit_val: int = 1000
     mine_images: int = 1000
     mine_maps: int = 16
