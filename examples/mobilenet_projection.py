@@ -23,33 +23,14 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-import torchvision
 
 from convlens.artifacts import save_png
-from convlens.data import imagenet_mobilenet_preprocessing
+from convlens.checkpoint import load_model
 from convlens.deconv import RULES, project_units, _top_units
 from convlens.viz import crop_box, make_grid, normalize_for_display, pad_to, upscale_nearest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 IMAGES = ("n02085620", "n01440764", "n02690373")  # chihuahua, tench, airliner
-
-
-def use_tf_same_padding(model: torch.nn.Module) -> torch.nn.Module:
-    """The weights were trained with TF 'SAME' padding (0 top/left, 1 bottom/right on stride-2 convs)."""
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.Conv2d) and mod.stride == (2, 2):
-            mod.padding = (0, 0)
-
-            def pad(mod: torch.nn.Conv2d, inp: tuple[torch.Tensor]) -> tuple[torch.Tensor]:
-                x = inp[0]
-                H, W = x.shape[-2:]
-                k, s = mod.kernel_size[0], mod.stride[0]
-                ph, pw = max((-(-H // s) - 1) * s + k - H, 0), max((-(-W // s) - 1) * s + k - W, 0)
-                return (F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)),)
-
-            mod.register_forward_pre_hook(pad)
-    return model
 
 
 def main() -> None:
@@ -60,11 +41,9 @@ def main() -> None:
     args = ap.parse_args()
 
     folder = SHARED / "models" / "mobilenet_v2_imagenet"
-    model = torchvision.models.mobilenet_v2()
-    model.load_state_dict(torch.load(folder / "mobilenet_v2_imagenet.pt", weights_only=True))
-    model = use_tf_same_padding(model.eval())
-    names = (folder / "imagenet_classes.txt").read_text().splitlines()
-    pre = imagenet_mobilenet_preprocessing()
+    # load_model reads meta.json beside the weights: x = pixel/127.5 - 1, class names, TF "SAME" padding
+    loaded = load_model("torchvision:mobilenet_v2", weights=folder / "mobilenet_v2_imagenet.pt")
+    model, names, pre = loaded.model, loaded.class_names, loaded.preprocessing
     paths = [next((SHARED / "imagenet-sample" / wnid).glob("*")) for wnid in IMAGES]
     x = torch.stack([pre.load(p) for p in paths])  # (N, 3, 224, 224)
     with torch.no_grad():

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from convlens.artifacts import write_result
+from convlens.checkpoint import load_model
 from convlens.commands.occlude import _label_table, _projection, render
 from convlens.data import imagenet_mobilenet_preprocessing
 from convlens.occlusion import occlusion_map
@@ -31,25 +31,9 @@ IMAGES = ["n02112018/n02112018_Pomeranian.JPEG", "n04285008/n04285008_sports_car
 
 
 def mobilenet() -> tuple[torch.nn.Module, list[str]]:
-    """The converted TF MobileNet-v2 with TF 'SAME' padding on its stride-2 convs, and class names."""
-    import torchvision
-
-    model = torchvision.models.mobilenet_v2()
-    model.load_state_dict(torch.load(MODEL_DIR / "mobilenet_v2_imagenet.pt", weights_only=True))
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.Conv2d) and mod.stride == (2, 2):
-            mod.padding = (0, 0)
-
-            def pad(mod, inp):
-                x = inp[0]
-                H, W = x.shape[-2:]
-                k, s = mod.kernel_size[0], mod.stride[0]
-                ph, pw = max((-(-H // s) - 1) * s + k - H, 0), max((-(-W // s) - 1) * s + k - W, 0)
-                return (F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)),)
-
-            mod.register_forward_pre_hook(pad)
-    names = [ln.strip() for ln in (MODEL_DIR / "imagenet_classes.txt").read_text().splitlines() if ln.strip()]
-    return model.eval(), names
+    """The converted TF MobileNet-v2 (load_model adds its TF 'SAME' padding from meta.json) and class names."""
+    loaded = load_model("torchvision:mobilenet_v2", weights=MODEL_DIR / "mobilenet_v2_imagenet.pt")
+    return loaded.model, loaded.class_names
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ import torch
 import torchvision
 from torchvision import transforms
 
+from convlens.checkpoint import load_model
 from convlens.commands import transfer as cmd
 from convlens.transfer import Features, ProtocolResult, evaluate_probes, extract_features
 
@@ -30,25 +31,6 @@ WEIGHTS = DATA / "models" / "mobilenet_v2_imagenet" / "mobilenet_v2_imagenet.pt"
 LAYERS = ["features.1", "features.3", "features.6", "features.10", "features.13", "features.16", "features.18"]
 POOL = {name: 3 for name in LAYERS} | {"features.18": 1}
 CURVE_N = [1, 3, 10, 30]
-
-
-def use_tf_same_padding(model: torch.nn.Module) -> torch.nn.Module:
-    """The weights come from TF-slim: stride-2 convs pad 0 top/left, 1 bottom/right (see README.txt)."""
-    import torch.nn.functional as F
-
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.Conv2d) and mod.stride == (2, 2):
-            mod.padding = (0, 0)
-
-            def pad(mod: torch.nn.Conv2d, inp: tuple[torch.Tensor]) -> tuple[torch.Tensor]:
-                x = inp[0]
-                h, w = x.shape[-2:]
-                k, s = mod.kernel_size[0], mod.stride[0]
-                ph, pw = max((-(-h // s) - 1) * s + k - h, 0), max((-(-w // s) - 1) * s + k - w, 0)
-                return (F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)),)
-
-            mod.register_forward_pre_hook(pad)
-    return model
 
 
 def main() -> None:
@@ -67,9 +49,7 @@ def main() -> None:
     ds = torchvision.datasets.ImageFolder(str(DATA / "caltech101"), tf)
     keep = [i for i, (_, y) in enumerate(ds.samples) if y < args.classes]
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, keep), batch_size=32, num_workers=1)
-    model = torchvision.models.mobilenet_v2()
-    model.load_state_dict(torch.load(WEIGHTS, weights_only=True))
-    use_tf_same_padding(model.eval())
+    model = load_model("torchvision:mobilenet_v2", weights=WEIGHTS).model  # TF "SAME" padding from meta.json
 
     t0 = time.time()
     feats, hit = cmd.cached_features(
