@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install system-deps lint bench clean
+.PHONY: demo test install system-deps bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,11 +30,11 @@ demo: $(STAMP) system-deps
 	$(VENV)/bin/convlens demo --out runs/demo
 
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q
-
-lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
 	$(PY) tools/sz.py
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/mypy src
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
+
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b; done

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Callable, TextIO
 
 __all__ = ["DemoPlan", "Step", "PLANS", "run_demo", "export_images", "make_synthetic_dataset"]
 
@@ -225,19 +225,10 @@ def make_synthetic_dataset(root: str | Path, *, classes: int = 3, per_class: int
 
 def _write_summary(out: Path, arch: str, num_classes: int) -> None:
     """RUN/summary/result.json: the architecture table of Fig. 3 (the report cannot build a model)."""
-    from .artifacts import write_result
-    from .model import build_model, summary
+    from .cli import main
 
-    model = build_model(arch, num_classes=num_classes)
-    stages: list[dict[str, Any]] = summary(model)
-    rows = [[r["stage"], "x".join(str(s) for s in r["shape"]), f"{int(r['params']):,}"]
-            for r in stages if not str(r["stage"]).startswith(("relu", "drop"))]
-    total = sum(int(r["params"]) for r in stages)
-    write_result(out / "summary", "summary", title=f"{arch}: layers, output shapes and parameters (Fig. 3)",
-                 summary=f"{arch} on {model.cfg.input_size}x{model.cfg.input_size} inputs, {total:,} parameters; "
-                         "the stage order and sizes of the paper's Fig. 3, scaled down.",
-                 params={"arch": arch, "input_size": model.cfg.input_size, "num_classes": num_classes},
-                 tables=[{"title": "Stages (ReLU and dropout stages, which keep the shape, left out)", "columns": ["stage", "output shape", "parameters"], "rows": rows}])
+    if main(["summary", "--arch", arch, "--num-classes", str(num_classes), "--out", str(out / "summary")]) != 0:
+        raise RuntimeError(f"convlens summary failed for {arch}")
 
 
 def _analysis_steps(out: Path, plan: DemoPlan, dataset: str, data_dir: str | None,
