@@ -18,6 +18,20 @@ _EXPORTS = {
     # data.py / checkpoint.py
     "Preprocessing": "data", "open_dataset": "data", "load_image": "data",
     "load_model": "checkpoint", "save_checkpoint": "checkpoint",
+    # training (Sec. 3, Table 2)
+    "TrainConfig": "train", "fit": "train", "renormalize_filters": "train", "evaluate": "evaluation",
+    # deconvnet and receptive fields (Sec. 2.1, Fig. 1)
+    "Projection": "deconv", "project_units": "deconv", "project_max": "deconv", "project_topk": "deconv",
+    "sanity_check": "deconv", "receptive_fields": "receptive_field", "unit_box": "receptive_field",
+    # top-9 and evolution (Fig. 2, Fig. 4)
+    "TopKAccumulator": "topk", "TopActivations": "topk", "mine_top_activations": "topk", "unit_tiles": "topk",
+    "feature_evolution": "evolution",
+    # occlusion, correspondence, invariance (Fig. 5, 7, 8, Table 1)
+    "OcclusionMap": "occlusion", "occlusion_map": "occlusion", "Correspondence": "correspondence",
+    "correspondence_score": "correspondence", "InvarianceCurves": "invariance", "invariance_curves": "invariance",
+    # diagnostics, transfer (Fig. 6, Tables 4-7); the functions diagnose() and ablate() live in their modules
+    "Diagnosis": "diagnose", "extract_features": "transfer", "fit_probe": "transfer", "evaluate_probes": "transfer",
+    "caltech_folds": "transfer", "per_class_accuracy": "transfer", "find_duplicates": "transfer",
 }
 
 __all__ = ["__version__", *_EXPORTS]
