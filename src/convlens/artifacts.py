@@ -15,15 +15,15 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["SCHEMA", "to_jsonable", "write_json", "write_result", "read_result", "save_png", "markdown_table"]
+__all__ = ["SCHEMA", "atomic_write", "to_jsonable", "write_json", "write_result", "read_result", "save_png", "markdown_table"]
 
 SCHEMA = "convlens.result/1"
 
@@ -52,19 +52,28 @@ def to_jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot store {type(obj).__name__} in JSON")
 
 
-def write_json(obj: Any, path: str | Path) -> Path:
-    """Write JSON atomically (temporary file + rename)."""
+def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], *, binary: bool = False) -> Path:
+    """Write through ``write(file)`` to a temporary file in the same folder, fsync, then rename over
+    ``path``: a crash never leaves a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(to_jsonable(obj), f, indent=1, allow_nan=False)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write JSON atomically (see :func:`atomic_write`)."""
+    data = to_jsonable(obj)
+    return atomic_write(path, lambda f: json.dump(data, f, indent=1, allow_nan=False))
 
 
 def write_result(out_dir: str | Path, kind: str, *, title: str, summary: str, params: Mapping[str, Any] | None = None,
