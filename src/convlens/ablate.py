@@ -157,16 +157,15 @@ def ablate(cfg: object, variants: Sequence[str], *, out: str | Path, datasets: o
 
 
 def _ensemble(cfg: object, runs: list[Path], datasets: object | None) -> dict[str, float] | None:
-    from torch.utils.data import DataLoader
-
     from .checkpoint import load_model
-    from .train import evaluate, open_run_data
+    from .train import evaluate, make_loader, open_run_data
 
     data = datasets if datasets is not None else open_run_data(cfg, None)  # type: ignore[arg-type]
     if getattr(data, "val", None) is None:
         log.warning("no validation set: ensemble row skipped")
         return None
     models = [load_model(run / "checkpoints" / "last.pt").model for run in runs]
-    loader = DataLoader(data.val, batch_size=cfg.batch_size, shuffle=False)  # type: ignore[attr-defined]
+    # make_loader collates with data.collate_skip: an unreadable validation image is skipped, not a crash
+    loader = make_loader(data.val, cfg.batch_size, train=False)  # type: ignore[attr-defined]
     res = evaluate(models, loader)
     return {"top1_err": res["top1_err"], "top5_err": res["top5_err"], "models": float(len(models))}
