@@ -12,13 +12,6 @@ from convlens.correspondence import (correspondence_score, face_box, random_mask
                                      transform_points)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # many tiny ops: see tests/test_occlusion.py
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_sign_change_by_hand():
     eps = torch.tensor([[1.0, -2.0, 0.0, 3.0],

@@ -19,15 +19,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is not present")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny float64 nets: one thread. On the oversubscribed 2-core CI box a 2-thread OpenMP barrier
-    costs ~15 ms per op (measured: conv2d on 2x3x32x32 takes 15 ms with 2 threads, 0.1 ms with 1)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _generic(model: nn.Module, images: torch.Tensor, layer: str, units: torch.Tensor, rule: str) -> torch.Tensor:
     """The autograd-rule path (what any nn.Module gets), forced on a ConvNet."""

@@ -15,13 +15,6 @@ from convlens.cli import main
 from convlens.train import evaluate
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core machine: 2 spinning OpenMP threads are far slower
-    yield
-    torch.set_num_threads(old)
-
 
 class Logits(nn.Module):
     """A 'model' whose input already holds the logits: (B, 1, 1, C) -> gain * (B, C)."""

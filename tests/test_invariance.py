@@ -10,13 +10,6 @@ from torch import nn
 from convlens.invariance import invariance_curves, shift_images, transform_images
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # many tiny ops: see tests/test_occlusion.py
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.mark.parametrize("transform,identity", [("translate", 0), ("scale", 1.0), ("rotate", 0)])
 def test_identity_gives_zero_distance(tiny_model, transform, identity):

@@ -11,15 +11,6 @@ from convlens.model import ConvNet, ConvNetConfig, ConvSpec, PoolSpec, build_mod
 from convlens.occlusion import occluded_images, occluder_positions, occlusion_map
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tests run many tiny ops; on a shared, oversubscribed machine every multi-threaded op
-    # waits for a second core, which makes them ~10x slower. One thread keeps them short.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def naive(model: nn.Module, image: torch.Tensor, window: int, stride: int, fill: float, layer: str, channel: int):
     """One occluded image per forward: (probs (gy, gx, C), activity (gy, gx))."""

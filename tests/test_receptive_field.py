@@ -10,15 +10,6 @@ from convlens.model import build_model
 from convlens.receptive_field import RF, receptive_fields, unit_box
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny float64 nets: one thread. On the oversubscribed 2-core CI box a 2-thread OpenMP barrier
-    costs ~15 ms per op (measured: conv2d on 2x3x32x32 takes 15 ms with 2 threads, 0.1 ms with 1)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _meta(fn):  # structure only: no memory, no initialization time
     with torch.device("meta"):

@@ -12,15 +12,6 @@ from torch.utils.data import TensorDataset
 from convlens.train import METRICS_COLUMNS, RunData, TrainConfig, fit, renormalize_filters
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The test machine's 2 cores are shared; OpenMP spin-waiting across busy cores makes these
-    # tiny convs ~100x slower with 2 threads than with 1.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _data(n: int = 16, classes: int = 5, size: int = 32) -> RunData:
     g = torch.Generator().manual_seed(0)
