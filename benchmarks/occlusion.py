@@ -22,7 +22,6 @@ import torch
 from convlens.model import build_model
 from convlens.occlusion import occluded_images, occlusion_map
 
-
 CPU: dict[str, list[float]] = {}
 
 
@@ -92,7 +91,7 @@ def main() -> None:
         times.setdefault("ours", []).append(best_time(ours, 1, "ours"))
         log(f"[{r}] ours {times['ours'][-1]:.2f} s (cpu {CPU['ours'][-1]:.2f} s)")
         for ppe in ppes:
-            times.setdefault(f"captum{ppe}", []).append(best_time(lambda: run_captum(ppe), 1, f"captum{ppe}"))
+            times.setdefault(f"captum{ppe}", []).append(best_time(lambda ppe=ppe: run_captum(ppe), 1, f"captum{ppe}"))
             log(f"[{r}] captum ppe {ppe}: {times[f'captum{ppe}'][-1]:.2f} s (cpu {CPU[f'captum{ppe}'][-1]:.2f} s)")
     t_ours = min(times["ours"])
     rows.append(("convlens incremental", f"batch {args.batch_size}", occ.target_prob.numel(), t_ours))

@@ -11,13 +11,12 @@ import argparse
 from pathlib import Path
 
 import torch
+from occlusion_mobilenet import SHARED, mobilenet
 
 from convlens.artifacts import markdown_table, save_png, write_result
 from convlens.commands.correspond import PARTS, _figure, read_landmarks
 from convlens.correspondence import correspondence_score, face_box, random_masks, square_masks, transform_points
 from convlens.data import imagenet_mobilenet_preprocessing, load_image
-
-from occlusion_mobilenet import SHARED, mobilenet  # noqa: E402  (same folder)
 
 LAYERS = ["features.13", "features.18", "classifier.0"]
 

@@ -11,13 +11,12 @@ import argparse
 from pathlib import Path
 
 import torch
+from occlusion_mobilenet import SHARED, mobilenet
 
 from convlens.artifacts import markdown_table, write_result
 from convlens.commands.invariance import _example_params, render
 from convlens.data import imagenet_mobilenet_preprocessing
 from convlens.invariance import invariance_curves, transform_images
-
-from occlusion_mobilenet import SHARED, mobilenet  # noqa: E402  (same folder)
 
 IMAGES = ["n03649909/n03649909_lawn_mower.JPEG", "n02086240/n02086240_Shih-Tzu.JPEG",
           "n01697457/n01697457_African_crocodile.JPEG", "n01817953/n01817953_African_grey.JPEG",

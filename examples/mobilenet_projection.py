@@ -26,7 +26,7 @@ import torch
 
 from convlens.artifacts import save_png
 from convlens.checkpoint import load_model
-from convlens.deconv import RULES, project_units, _top_units
+from convlens.deconv import RULES, _top_units, project_units
 from convlens.viz import crop_box, make_grid, normalize_for_display, pad_to, upscale_nearest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from convlens.data import Preprocessing
 from convlens.ablate import ablate, variant_arch, variant_dir
+from convlens.data import Preprocessing
 from convlens.train import RunData, TrainConfig
 
 

@@ -8,9 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from convlens.correspondence import (correspondence_score, face_box, random_masks, sign_change, square_masks,
-                                     transform_points)
-
+from convlens.correspondence import (
+    correspondence_score,
+    face_box,
+    random_masks,
+    sign_change,
+    square_masks,
+    transform_points,
+)
 
 
 def test_sign_change_by_hand():

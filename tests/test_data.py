@@ -70,7 +70,7 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, caplog):
     assert len(ds) == 8
     skipped, seen = [], 0
     for batch in DataLoader(ds, batch_size=3, collate_fn=collate_skip):
-        x, y, idx = batch
+        x, _y, _idx = batch
         seen += len(x)
         skipped += batch.skipped
     assert seen == 6 and len(skipped) == 2
@@ -87,7 +87,7 @@ def test_modes_shapes_and_cache(tmp_path):
     torch.testing.assert_close(again.mean, pre.mean)
     for mode, shape in [("eval", (3, 16, 16)), ("train", (3, 16, 16)), ("tencrop", (10, 3, 16, 16)),
                         ("full", (3, 18, 18))]:
-        x, label, index, desc = open_dataset(str(root), "train", pre, mode=mode)[1]
+        x, _label, index, desc = open_dataset(str(root), "train", pre, mode=mode)[1]
         assert x.shape == shape and index == 1 and desc.endswith(".png")
     with pytest.raises(ValueError, match="mode must be"):
         open_dataset(str(root), "train", pre, mode="bogus")
@@ -105,7 +105,7 @@ def test_unknown_dataset_errors(tmp_path):
 def test_fashion_mnist_from_debian():
     pre = paper_preprocessing(torch.full((3, 32, 32), 72.8), crop=28)
     ds = open_dataset("fashion-mnist", "test", pre, limit=5)
-    x, y, i, d = ds[0]
+    x, y, _i, d = ds[0]
     assert x.shape == (3, 28, 28) and y == 9 and d == "fashion-mnist:test:0"
     assert torch.equal(x[0], x[1])  # grayscale replicated to 3 channels
 

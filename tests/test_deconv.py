@@ -159,7 +159,7 @@ def test_project_max_topk_values_and_boxes(tiny_model):
     assert proj.images.shape == (2, 2, 3, 32, 32) and proj.layer == "conv5" and proj.rule == "deconvnet"
     torch.testing.assert_close(proj.values, act[:, [4, 1]].flatten(2).amax(-1))
     n, k = 1, 0
-    c, y, xx = proj.units[n, k].tolist()
+    _c, y, xx = proj.units[n, k].tolist()
     assert tuple(proj.boxes[n, k].tolist()) == unit_box(tiny_model, "conv5", y, xx, 32)
     top = project_topk(tiny_model, x, "conv5", 4, k=3)
     assert top.units.shape == (2, 3, 3) and (top.values[:, :-1] >= top.values[:, 1:]).all()
@@ -361,6 +361,6 @@ def test_spearman_averages_ties():
     a[0, 0, 1, 1], a[0, 1, 2, 2] = 1.0, 2.0
     b = torch.zeros(1, 3, 4, 4)
     b[0, 0, 3, 3] = 1.0
-    spearman, pearson = deconv._correlations(a, b)
+    spearman, _pearson = deconv._correlations(a, b)
     assert float(spearman) == pytest.approx(-0.09737289911202952, abs=1e-12)
     assert float(deconv._correlations(a, a)[0]) == pytest.approx(1.0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from convlens.diagnose import (comparison_table, diagnose, filter_rms, frequency_bands, lattice_energy)
+from convlens.diagnose import comparison_table, diagnose, filter_rms, frequency_bands, lattice_energy
 from convlens.model import ConvNet, ConvNetConfig, ConvSpec, PoolSpec, build_model, init_weights
 
 

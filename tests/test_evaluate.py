@@ -4,16 +4,16 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import make_image_folder
 from convlens.cli import main
 from convlens.train import evaluate
-
 
 
 class Logits(nn.Module):
@@ -74,12 +74,12 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
     code = main(["train", "--arch", "zfnet-tiny", "--dataset", str(folder), "--epochs", "2", "--batch-size", "4",
                  "--init", "kaiming", "--out", str(run), "--device", "cpu"])
     assert code == 0
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    rows = _rows(run / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"] and float(rows[-1]["val_top1_err"]) <= 1.0
     assert (run / "mean.pt").is_file() and (run / "checkpoints" / "epoch_002.pt").is_file()
     # --resume reads the run's settings from config.json; a new --lr anneals by hand (as the paper did)
     assert main(["train", "--out", str(run), "--resume", "--epochs", "3", "--lr", "0.001"]) == 0
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    rows = _rows(run / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3"] and float(rows[-1]["lr"]) == 0.001
     ckpt = str(run / "checkpoints" / "last.pt")
     out = tmp_path / "eval"
@@ -101,3 +101,8 @@ def test_cli_bad_argument_exits_2(tmp_path, capsys):
     code = main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--dataset", "fashion-mnist"])
     assert code == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))

@@ -23,7 +23,6 @@ from convlens.data import FASHION_MNIST_DIR
 from convlens.demo import PLANS, make_synthetic_dataset, run_demo
 from convlens.explorer import MAX_UPLOAD_BYTES, create_app, decode_upload
 
-
 # The shared demo run takes ~1 min of CPU; on a heavily shared machine its wall time can pass the
 # suite's 300 s per-test default, which the first test using it pays for.
 pytestmark = pytest.mark.timeout(900)

@@ -15,9 +15,8 @@ def test_record_activations_matches_features_and_removes_hooks(tiny_model):
 
 
 def test_record_activations_removes_hooks_after_exception(tiny_model):
-    with pytest.raises(RuntimeError):
-        with record_activations(tiny_model, ["conv1"]):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), record_activations(tiny_model, ["conv1"]):
+        raise RuntimeError("boom")
     assert all(not m._forward_hooks for m in tiny_model.modules())
 
 
@@ -26,9 +25,8 @@ def test_record_activations_any_module():
     with record_activations(net, ["1"]) as acts:
         net(torch.randn(1, 3, 8, 8))
     assert acts["1"].shape == (1, 4, 6, 6)
-    with pytest.raises(ValueError, match="unknown layer 'features.3'"):
-        with record_activations(net, ["features.3"]):
-            pass
+    with pytest.raises(ValueError, match=r"unknown layer 'features\.3'"), record_activations(net, ["features.3"]):
+        pass
 
 
 def test_parse_unit():

@@ -10,7 +10,6 @@ from torch import nn
 from convlens.invariance import invariance_curves, shift_images, transform_images
 
 
-
 @pytest.mark.parametrize("transform,identity", [("translate", 0), ("scale", 1.0), ("rotate", 0)])
 def test_identity_gives_zero_distance(tiny_model, transform, identity):
     images = torch.randn(2, 3, 32, 32)

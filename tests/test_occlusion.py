@@ -11,7 +11,6 @@ from convlens.model import ConvNet, ConvNetConfig, ConvSpec, PoolSpec, build_mod
 from convlens.occlusion import occluded_images, occluder_positions, occlusion_map
 
 
-
 def naive(model: nn.Module, image: torch.Tensor, window: int, stride: int, fill: float, layer: str, channel: int):
     """One occluded image per forward: (probs (gy, gx, C), activity (gy, gx))."""
     H, W = image.shape[-2:]

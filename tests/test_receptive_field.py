@@ -10,7 +10,6 @@ from convlens.model import build_model
 from convlens.receptive_field import RF, receptive_fields, unit_box
 
 
-
 def _meta(fn):  # structure only: no memory, no initialization time
     with torch.device("meta"):
         return fn()

@@ -24,7 +24,7 @@ def brute_force(acts: torch.Tensor, indices: torch.Tensor, k: int, per_image: in
         for i in range(n):
             pos = np.lexsort((np.arange(hw), -a[i, ch]))[:per_image]  # per image: largest, first in row-major
             cand += [(a[i, ch, p], idx[i], p) for p in pos]
-        v, ii, pp = (np.array(t) for t in zip(*cand))
+        v, ii, pp = (np.array(t) for t in zip(*cand, strict=False))
         order = np.lexsort((pp, ii, -v))[:k]
         values.append(v[order]), dataset_indices.append(ii[order]), positions.append(pp[order])
     pos = torch.as_tensor(np.array(positions))
@@ -285,7 +285,7 @@ def test_cli_mine_end_to_end(tmp_path):
     assert set(entry) == {"rank", "value", "index", "image", "y", "x", "box", "projection", "patch"}
     assert entry["image"].startswith(str(root)) and (out / entry["projection"]).is_file() and (out / entry["patch"]).is_file()
     assert [e["rank"] for e in conv5["maps"]["3"]] == [0, 1, 2, 3]
-    assert main(argv[:-2] + ["--k", "0", "--out", str(out)]) == 2  # bad argument: exit code 2
+    assert main([*argv[:-2], "--k", "0", "--out", str(out)]) == 2  # bad argument: exit code 2
 
 
 def test_cli_mine_rejects_unknown_layer(tmp_path, capsys):

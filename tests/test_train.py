@@ -12,7 +12,6 @@ from torch.utils.data import TensorDataset
 from convlens.train import METRICS_COLUMNS, RunData, TrainConfig, fit, renormalize_filters
 
 
-
 def _data(n: int = 16, classes: int = 5, size: int = 32) -> RunData:
     g = torch.Generator().manual_seed(0)
     y = torch.arange(n) % classes
@@ -55,7 +54,8 @@ def test_resume_is_bit_identical(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert resumed["train_loss"] == full["train_loss"] and resumed["val_loss"] == full["val_loss"]
-    rows = list(csv.reader(open(tmp_path / "split" / "metrics.csv")))
+    with open(tmp_path / "split" / "metrics.csv") as f:
+        rows = list(csv.reader(f))
     assert rows[0] == list(METRICS_COLUMNS) and [r[0] for r in rows[1:]] == ["1", "2"]
 
 

@@ -10,8 +10,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from convlens.model import build_model
-from convlens.transfer import (Features, caltech_folds, evaluate_probes, extract_features, find_duplicates,
-                               fit_probe, image_signatures, per_class_accuracy)
+from convlens.transfer import (
+    Features,
+    caltech_folds,
+    evaluate_probes,
+    extract_features,
+    find_duplicates,
+    fit_probe,
+    image_signatures,
+    per_class_accuracy,
+)
 
 
 def test_per_class_accuracy_matches_a_hand_computed_confusion() -> None:
@@ -34,7 +42,7 @@ def test_caltech_folds_are_disjoint_sized_and_reproducible() -> None:
         assert torch.bincount(labels[te]).tolist() == [30, 2, 50]  # up to 50 of the rest
     assert not torch.equal(folds[0][0], folds[1][0])  # folds differ
     again = caltech_folds(labels, 10, n_test=50, folds=5, seed=3)
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(folds, again))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(folds, again, strict=False))
 
 
 def _separable(n: int = 60, d: int = 8, k: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,8 +14,8 @@ speed comes from; the result is identical to computing full maps.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .model import VARIANTS, build_model
 
-__all__ = ["AblationRow", "AblationResult", "variant_arch", "variant_dir", "ablate"]
+__all__ = ["AblationResult", "AblationRow", "ablate", "variant_arch", "variant_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def ablate(cfg: object, variants: Sequence[str], *, out: str | Path, datasets: o
         raise ValueError("variants is empty; name at least one, e.g. ['base', 'no34']")
     names = [variant_arch(cfg.arch, v) for v in variants]  # type: ignore[attr-defined]
     rows = []
-    for variant, arch in zip(variants, names):
+    for variant, arch in zip(variants, names, strict=False):
         run = Path(out) / variant_dir(variant)
         history = _read_metrics(run)
         epochs = cfg.epochs  # type: ignore[attr-defined]

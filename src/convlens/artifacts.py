@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["SCHEMA", "atomic_write", "to_jsonable", "write_json", "write_result", "read_result", "save_png", "markdown_table"]
+__all__ = ["SCHEMA", "atomic_write", "markdown_table", "read_result", "save_png", "to_jsonable", "write_json", "write_result"]
 
 SCHEMA = "convlens.result/1"
 
@@ -47,7 +47,7 @@ def to_jsonable(obj: Any) -> Any:
         return to_jsonable(obj.to_dict())
     if isinstance(obj, Mapping):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, Sequence) or isinstance(obj, set):
+    if isinstance(obj, (Sequence, set)):
         return [to_jsonable(v) for v in obj]
     raise TypeError(f"cannot store {type(obj).__name__} in JSON")
 

@@ -14,7 +14,7 @@ import sys
 
 from . import commands
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 
 class _Parser(argparse.ArgumentParser):

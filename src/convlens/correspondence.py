@@ -28,8 +28,15 @@ from torch import Tensor, nn
 from .hooks import record_activations
 from .model import ConvNet
 
-__all__ = ["Correspondence", "correspondence_score", "sign_change", "square_masks", "random_masks",
-           "transform_points", "face_box"]
+__all__ = [
+    "Correspondence",
+    "correspondence_score",
+    "face_box",
+    "random_masks",
+    "sign_change",
+    "square_masks",
+    "transform_points",
+]
 
 
 @dataclass(frozen=True)

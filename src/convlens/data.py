@@ -43,26 +43,26 @@ from .sources import (
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Preprocessing",
-    "paper_preprocessing",
-    "imagenet_preprocessing",
-    "imagenet_mobilenet_preprocessing",
-    "load_image",
-    "resize_center_crop",
-    "ten_crop",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIR",
+    "Batch",
     "ImageFolderSafe",
+    "Preprocessing",
     "TensorImages",
     "TransformedDataset",
-    "Batch",
-    "collate_skip",
-    "fashion_mnist",
     "cifar10",
-    "open_raw",
-    "open_dataset",
+    "collate_skip",
     "compute_mean",
     "dataset_preprocessing",
-    "FASHION_MNIST_DIR",
-    "FASHION_MNIST_CLASSES",
+    "fashion_mnist",
+    "imagenet_mobilenet_preprocessing",
+    "imagenet_preprocessing",
+    "load_image",
+    "open_dataset",
+    "open_raw",
+    "paper_preprocessing",
+    "resize_center_crop",
+    "ten_crop",
 ]
 
 
@@ -141,7 +141,7 @@ class Preprocessing:
                 "scale": self.scale}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         return cls(int(d["resize"]), int(d["crop"]), torch.as_tensor(d["mean"]).float(),
                    torch.as_tensor(d["std"]).float(), float(d.get("scale", 255.0)))
 
@@ -176,10 +176,7 @@ class Batch(tuple):
 def collate_skip(items: list[tuple[torch.Tensor | None, int, int, str]]) -> Batch:
     """Collate ``(x, label, index, description)`` items, dropping unreadable ones (x is None)."""
     good = [it for it in items if it[0] is not None]
-    if good:
-        xs = torch.stack([it[0] for it in good])  # type: ignore[misc]
-    else:
-        xs = torch.empty(0)
+    xs = torch.stack([it[0] for it in good]) if good else torch.empty(0)  # type: ignore[misc]
     batch = Batch((xs, torch.tensor([it[1] for it in good], dtype=torch.long),
                    torch.tensor([it[2] for it in good], dtype=torch.long)))
     batch.skipped = [it[3] for it in items if it[0] is None]

@@ -51,11 +51,12 @@ Two implementations, equal to float64 precision:
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +65,7 @@ from torch import nn
 from .hooks import get_module
 from .receptive_field import receptive_fields
 
-__all__ = ["RULES", "Projection", "SanityCheck", "project_units", "project_max", "project_topk", "sanity_check"]
+__all__ = ["RULES", "Projection", "SanityCheck", "project_max", "project_topk", "project_units", "sanity_check"]
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def _channel_list(channels: Sequence[int]) -> list[int]:
 
 def _check_units(act: torch.Tensor, units: torch.Tensor, layer: str) -> torch.Tensor:
     limits = list(act.shape[1:]) + [1] * (4 - act.dim())  # fc: (F, 1, 1)
-    for i, (name, lim) in enumerate(zip(("channel", "y", "x"), limits)):
+    for i, (name, lim) in enumerate(zip(("channel", "y", "x"), limits, strict=False)):
         bad = (units[..., i] < 0) | (units[..., i] >= lim)
         if bool(bad.any()):
             raise ValueError(f"unit {name} out of range for layer {layer!r} of shape {tuple(act.shape[1:])}: "
@@ -258,13 +259,13 @@ class _Rectifier(torch.autograd.Function):
     """Identity forward (a copy of the activation's output); backward applies the rule."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, rule: str) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, rule: str) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(gate)
         ctx.rule = rule
         return y.detach().clone()
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
         (gate,) = ctx.saved_tensors
         if ctx.rule == "deconvnet":
             g = g.clamp(min=0)
@@ -279,11 +280,11 @@ class _PassThrough(torch.autograd.Function):
     """Identity forward (a copy of the module's output); backward passes the signal unchanged."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return y.detach().clone()
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         return g, None
 
 
@@ -315,7 +316,7 @@ def _check_generic(model: nn.Module, rule: str) -> None:
         import torch.fx as fx
 
         graph = fx.symbolic_trace(model).graph
-    except Exception:  # noqa: BLE001 - untraceable models: fall back to the module check
+    except Exception:
         if not kinds & {nn.ReLU, nn.ReLU6}:
             warnings.warn(f"{type(model).__name__} has no nn.ReLU modules: if it calls F.relu, rule {rule!r} "
                           "cannot be applied there and the map is a plain gradient through those relus",
@@ -359,7 +360,7 @@ def _project_generic(
             model(x)
             a = store.pop("act")
             seed = torch.zeros_like(a)
-            idx = (torch.arange(len(x), device=a.device),) + _unit_index(a, flat_units[s : s + chunk])
+            idx = (torch.arange(len(x), device=a.device), *_unit_index(a, flat_units[s:s + chunk]))
             seed[idx] = a.detach()[idx] if unit_seed == "value" else 1.0
             (out[s : s + chunk],) = torch.autograd.grad(a, x, seed)
     finally:
@@ -376,7 +377,7 @@ def _unit_index(act: torch.Tensor, units: torch.Tensor) -> tuple[torch.Tensor, .
 def _gather_values(act: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     n, k = units.shape[:2]
     img = torch.arange(n, device=act.device).repeat_interleave(k)
-    return act[(img,) + _unit_index(act, units.reshape(n * k, 3))].reshape(n, k)
+    return act[(img, *_unit_index(act, units.reshape(n * k, 3)))].reshape(n, k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,7 +479,7 @@ def sanity_check(
     layers = _weighted_layers(work, layer)
     n_steps = len(layers) if steps is None else max(1, min(steps, len(layers)))
     bounds = [round(i * len(layers) / n_steps) for i in range(n_steps + 1)]
-    for group in (layers[a:b] for a, b in zip(bounds, bounds[1:])):
+    for group in (layers[a:b] for a, b in itertools.pairwise(bounds)):
         for name in group:
             weight: torch.Tensor = get_module(work, name).weight  # type: ignore[assignment]
             with torch.no_grad():

@@ -20,11 +20,12 @@ import io
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
-__all__ = ["DemoPlan", "Step", "PLANS", "run_demo", "export_images", "make_synthetic_dataset"]
+__all__ = ["PLANS", "DemoPlan", "Step", "export_images", "make_synthetic_dataset", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def _run_step(step: Step, echo: Callable[[str], None]) -> None:
         code = main(step.argv)
     except SystemExit as exc:  # argparse errors
         code = exc.code if isinstance(exc.code, int) else 2
-    except Exception as exc:  # noqa: BLE001 - a failing analysis must not stop the demo
+    except Exception as exc:
         code, step.message = 1, f"{type(exc).__name__}: {exc}"
         log.exception("step %s failed", step.name)
     step.seconds = time.perf_counter() - t0
@@ -194,7 +195,7 @@ def export_images(dataset: str, data_dir: str | None, folder: Path, *, split: st
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(to_uint8(pixels)).save(path)
         out.append((path, int(label)))
-        if (limit and len(out) >= limit) or len(counts) == len(classes) and min(counts.values()) >= per_class:
+        if (limit and len(out) >= limit) or (len(counts) == len(classes) and min(counts.values()) >= per_class):
             break
     return out
 
@@ -381,7 +382,7 @@ def _prepare_inputs(out: Path, plan: DemoPlan, dataset: str, data_dir: str | Non
         export_images(dataset, data_dir, out / "data" / "probe", per_class=max(plan.probe_per_class) + 10,
                       size=size, by_class=True)
         step.status = "ok"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         step.status, step.message = "failed", f"{type(exc).__name__}: {exc}"
     step.seconds = time.perf_counter() - t0
     return step

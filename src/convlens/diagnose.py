@@ -44,12 +44,12 @@ from .model import ConvNet
 __all__ = [
     "BANDS",
     "Diagnosis",
+    "activation_fraction",
+    "comparison_table",
     "diagnose",
     "filter_rms",
     "frequency_bands",
-    "activation_fraction",
     "lattice_energy",
-    "comparison_table",
 ]
 
 log = logging.getLogger(__name__)

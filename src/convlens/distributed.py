@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "setup", "teardown", "all_reduce_sum", "broadcast_float"]
+__all__ = ["DistInfo", "all_reduce_sum", "broadcast_float", "setup", "teardown"]
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["evaluate", "predict_log_proba", "average_log_proba", "topk_errors", "topk_correct", "device_of"]
+__all__ = ["average_log_proba", "device_of", "evaluate", "predict_log_proba", "topk_correct", "topk_errors"]
 
 
 def evaluate(
@@ -66,7 +66,7 @@ def predict_log_proba(
             out.append(_mean_log_softmax(models, x, ten_crop))  # (B, C)
             labels.append(y)
     finally:
-        for m, mode in zip(models, modes):
+        for m, mode in zip(models, modes, strict=False):
             m.train(mode)
     if not out:
         raise ValueError("evaluate: the loader yielded no (readable) images")

@@ -29,7 +29,7 @@ from .topk import mine_top_activations, unit_tiles
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PAPER_EPOCHS", "Evolution", "feature_evolution", "find_checkpoints", "pick_epochs", "pearson"]
+__all__ = ["PAPER_EPOCHS", "Evolution", "feature_evolution", "find_checkpoints", "pearson", "pick_epochs"]
 
 PAPER_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
 _EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt$")

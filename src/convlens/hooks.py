@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["record_activations", "parse_unit", "get_module"]
+__all__ = ["get_module", "parse_unit", "record_activations"]
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:

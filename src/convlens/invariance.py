@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .hooks import record_activations
 from .model import ConvNet
 
-__all__ = ["InvarianceCurves", "invariance_curves", "transform_images", "shift_images", "TRANSFORMS"]
+__all__ = ["TRANSFORMS", "InvarianceCurves", "invariance_curves", "shift_images", "transform_images"]
 
 TRANSFORMS = ("translate", "scale", "rotate")
 _IDENTITY = {"translate": 0.0, "scale": 1.0, "rotate": 0.0}
@@ -101,7 +101,7 @@ def transform_images(images: Tensor, transform: str, param: float) -> Tensor:
 
 def _features(model: nn.Module, x: Tensor, layers: tuple[str, ...]) -> tuple[dict[str, Tensor], Tensor]:
     if isinstance(model, ConvNet):
-        out = model.features(x, list(layers) + ["fc8"])
+        out = model.features(x, [*list(layers), "fc8"])
         logits = out.pop("fc8")
     else:
         with record_activations(model, list(layers)) as acts:

@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "SCHEMA",
     "KIND_ORDER",
+    "SCHEMA",
     "Figure",
-    "Table",
     "Result",
     "Run",
-    "read_result",
-    "read_metrics",
-    "load_run",
+    "Table",
     "inside",
+    "load_run",
+    "read_metrics",
+    "read_result",
 ]
 
 SCHEMA = "convlens.result/1"

@@ -47,19 +47,19 @@ import torch
 from torch import nn
 
 __all__ = [
-    "LAYERS",
     "ARCHS",
-    "VARIANTS",
+    "LAYERS",
     "TABLE3_VARIANTS",
+    "VARIANTS",
+    "ConvNet",
+    "ConvNetConfig",
     "ConvSpec",
     "PoolSpec",
-    "ConvNetConfig",
-    "ConvNet",
-    "get_config",
-    "build_model",
-    "layer_stage",
     "available_archs",
+    "build_model",
+    "get_config",
     "init_weights",
+    "layer_stage",
     "summary",
 ]
 
@@ -102,7 +102,7 @@ class ConvNetConfig:
     lrn_beta: float = 0.75
     lrn_k: float = 2.0
 
-    def replace(self, **kw: object) -> "ConvNetConfig":
+    def replace(self, **kw: object) -> ConvNetConfig:
         return dataclasses.replace(self, **kw)  # type: ignore[arg-type]
 
 
@@ -219,7 +219,7 @@ def _wide345(cfg: ConvNetConfig) -> ConvNetConfig:
     # Table 3: conv3,4,5 384,384,256 -> 512,1024,512, i.e. x4/3, x8/3, x2 (same factors for presets).
     factors = {3: 4 / 3, 4: 8 / 3, 5: 2.0}
     convs = tuple(
-        (i, dataclasses.replace(c, out_channels=int(round(c.out_channels * factors[i])))) if i in factors
+        (i, dataclasses.replace(c, out_channels=round(c.out_channels * factors[i]))) if i in factors
         else (i, c)
         for i, c in cfg.convs
     )

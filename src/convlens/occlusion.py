@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from .hooks import record_activations
 from .model import ConvNet
 
-__all__ = ["OcclusionMap", "occlusion_map", "occluder_positions", "occluded_images"]
+__all__ = ["OcclusionMap", "occluded_images", "occluder_positions", "occlusion_map"]
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ class _Incremental:
         self.weights: dict[str, Tensor] = {name: conv.weight.contiguous(memory_format=torch.channels_last)
                                            for name, conv, g in self.stages if isinstance(conv, nn.Conv2d)}
         self.padded: dict[int, Tensor] = {}
-        for i, (_, m, (kind, k, s, p)) in enumerate(self.stages):
+        for i, (_, _m, (kind, k, s, _p)) in enumerate(self.stages):
             if kind != "point":
                 val = 0.0 if kind == "conv" else -math.inf
                 pad = F.pad(self.clean[i].permute(2, 0, 1), (k + s,) * 4, value=val)

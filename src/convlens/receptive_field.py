@@ -143,7 +143,7 @@ def _fx_rfs(model: nn.Module, whole: RF) -> dict[str, RF]:
             rf = _module_rf(gm.get_submodule(node.target), node.target, inputs[0], whole)
             # a module called more than once (resnet's shared relu): the union of its calls
             out[node.target] = _union([out[node.target], rf], whole) if node.target in out else rf
-        elif node.op == "call_function" and node.target in _GLOBAL_FN or (
+        elif (node.op == "call_function" and node.target in _GLOBAL_FN) or (
             node.op == "call_method" and node.target in _GLOBAL_METHODS
         ):
             rf = whole
@@ -193,7 +193,7 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, int]) -> dic
         return _convnet_rfs(model, whole)
     try:
         return _fx_rfs(model, whole)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure falls back to the chain walk
+    except Exception as exc:
         log.debug("fx tracing failed: %s", exc)
         return _chain_rfs(model, whole)
 

@@ -22,8 +22,16 @@ from torch.utils.data import Dataset
 log = logging.getLogger("convlens.data")
 
 __all__ = [
-    "load_image", "resize_center_crop", "ImageFolderSafe", "TensorImages", "fashion_mnist", "cifar10",
-    "open_raw", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "IMG_EXTENSIONS",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIR",
+    "IMG_EXTENSIONS",
+    "ImageFolderSafe",
+    "TensorImages",
+    "cifar10",
+    "fashion_mnist",
+    "load_image",
+    "open_raw",
+    "resize_center_crop",
 ]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -41,8 +41,15 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TopActivations", "TopKAccumulator", "ShardSampler", "UnitTiles", "mine_top_activations", "layer_features",
-           "unit_tiles"]
+__all__ = [
+    "ShardSampler",
+    "TopActivations",
+    "TopKAccumulator",
+    "UnitTiles",
+    "layer_features",
+    "mine_top_activations",
+    "unit_tiles",
+]
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,7 @@ class _Top:
         self.values, self.indices, self.flat, self.hw = values, indices, flat, hw
 
     @classmethod
-    def empty(cls, channels: int, k: int, hw: tuple[int, int], like: torch.Tensor) -> "_Top":
+    def empty(cls, channels: int, k: int, hw: tuple[int, int], like: torch.Tensor) -> _Top:
         minus = torch.full((channels, k), -1, dtype=torch.long, device=like.device)  # empty slots: value -inf
         return cls(torch.full((channels, k), float("-inf"), dtype=like.dtype, device=like.device), minus, minus.clone(), hw)
 
@@ -160,7 +167,7 @@ class TopKAccumulator:
             top = self._tops[layer] = _Top.empty(values.shape[0], self.k, hw, values)
         top.push(values, idx, flat, self.k, by_pos=self.per_image > 1)
 
-    def merge(self, other: "TopKAccumulator") -> None:
+    def merge(self, other: TopKAccumulator) -> None:
         """Fold in an accumulator that saw *other* images (another shard): exact union top-k."""
         if (other.k, other.per_image) != (self.k, self.per_image) or other.layers != self.layers:
             raise ValueError("can only merge accumulators with the same layers, k and per_image")
@@ -480,7 +487,7 @@ def unit_tiles(
         patches.append(_tiles(pixels.cpu(), box, rf, fill))
         boxes.append(box), values.append(proj.values[:, 0].cpu())  # type: ignore[func-returns-value]
     proj_tiles, patch_tiles = torch.cat(projections), torch.cat(patches)
-    shape = (m, k) + tuple(proj_tiles.shape[1:])
+    shape = (m, k, *tuple(proj_tiles.shape[1:]))
     return UnitTiles(proj_tiles.reshape(shape), patch_tiles.reshape(shape), torch.cat(boxes).reshape(m, k, 4),
                      torch.cat(values).reshape(m, k), top.dataset_indices[maps_t].cpu(), maps_t, top.layer)
 

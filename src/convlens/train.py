@@ -50,20 +50,20 @@ from .evaluation import average_log_proba, device_of, evaluate, predict_log_prob
 from .model import ConvNet, get_config, init_weights
 
 __all__ = [
-    "TrainConfig",
-    "renormalize_filters",
-    "train_one_epoch",
-    "evaluate",
-    "predict_log_proba",
-    "average_log_proba",
-    "topk_errors",
-    "fit",
-    "RunData",
-    "build_train_model",
     "METRICS_COLUMNS",
+    "RunData",
+    "TrainConfig",
+    "average_log_proba",
+    "build_train_model",
+    "evaluate",
+    "fit",
     "make_loader",
+    "predict_log_proba",
     "random_subset",
+    "renormalize_filters",
     "resolve_device",
+    "topk_errors",
+    "train_one_epoch",
 ]
 
 log = logging.getLogger(__name__)

@@ -37,17 +37,17 @@ from .hooks import record_activations
 
 __all__ = [
     "PROBES",
+    "Duplicates",
     "Features",
     "ProbeResult",
     "ProtocolResult",
-    "Duplicates",
-    "extract_features",
-    "per_class_accuracy",
     "caltech_folds",
-    "fit_probe",
     "evaluate_probes",
-    "image_signatures",
+    "extract_features",
     "find_duplicates",
+    "fit_probe",
+    "image_signatures",
+    "per_class_accuracy",
 ]
 
 log = logging.getLogger(__name__)
@@ -357,7 +357,7 @@ class Duplicates:
 
     def to_dict(self) -> dict[str, object]:
         return {"threshold": self.threshold,
-                "pairs": [[int(i), int(j), float(s)] for (i, j), s in zip(self.pairs.tolist(), self.scores.tolist())]}
+                "pairs": [[int(i), int(j), float(s)] for (i, j), s in zip(self.pairs.tolist(), self.scores.tolist(), strict=False)]}
 
 
 def find_duplicates(sig_a: torch.Tensor, sig_b: torch.Tensor, *, threshold: float = 0.95,

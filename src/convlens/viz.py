@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "normalize_for_display",
-    "make_grid",
     "colorize",
-    "overlay_heatmap",
-    "upscale_nearest",
     "crop_box",
+    "make_grid",
+    "normalize_for_display",
+    "overlay_heatmap",
     "pad_to",
     "to_uint8",
+    "upscale_nearest",
 ]
 
 

@@ -95,10 +95,10 @@ def run(args: argparse.Namespace) -> int:
         diags.append(diagnose(model, images, channels=args.channels, dominance_threshold=args.threshold,
                               dead_eps=args.dead_eps))
     tags = ["a", "b"][: len(diags)]
-    names = [f"{tag}: {d.name} ({Path(s).parent.parent.name or Path(s).name})" for tag, d, s in zip(tags, diags, specs)]
+    names = [f"{tag}: {d.name} ({Path(s).parent.parent.name or Path(s).name})" for tag, d, s in zip(tags, diags, specs, strict=False)]
     cols, rows = comparison_table(diags[0], diags[1] if len(diags) > 1 else None, names=names)
     args.out.mkdir(parents=True, exist_ok=True)
-    figures = [f for tag, d in zip(tags, diags) for f in _figures(d, tag, args.out)]
+    figures = [f for tag, d in zip(tags, diags, strict=False) for f in _figures(d, tag, args.out)]
     table = {"title": "Fig. 6 diagnostics" + (" side by side" if len(diags) > 1 else ""), "columns": cols, "rows": rows}
     (args.out / "diagnose.md").write_text(f"### {table['title']}\n\n" + markdown_table(cols, rows))
     main = dataclasses.replace(diags[0], compare=diags[1]) if len(diags) > 1 else diags[0]
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     summary = "; ".join(
         f"{n.split(' (')[0]}: dominance {x['RMS max / median (dominance)']:.2f}, mid-freq share "
         f"{x['layer-1 energy mid freq']:.2f}, layer-2 grid energy {x['layer-2 aliasing (grid energy)']:.4f}"
-        for n, x in zip(names, m))
+        for n, x in zip(names, m, strict=False))
     write_result(args.out, "diagnose", title="Architecture diagnostics (Fig. 6)", summary=summary,
                  params={"checkpoint": args.checkpoint, "compare": args.compare, "dataset": args.dataset,
                          "split": args.split, "limit": args.limit, "channels": args.channels,

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                      f"top-5 error {last[3]}",
                      params={k: v for k, v in vars(args).items() if k != "func"}, figures=[],
                      tables=[{"title": "Top-1 / top-5 error", "columns": COLUMNS, "rows": rows}],
-                     data={"rows": [dict(zip(COLUMNS, r)) for r in rows]})
+                     data={"rows": [dict(zip(COLUMNS, r, strict=False)) for r in rows]})
         print(f"wrote {Path(args.out) / 'result.json'}")
     return 0
 
@@ -90,7 +90,7 @@ def _row(name: str, ten_crop: bool, res: dict[str, float]) -> list:
 
 
 def _print_table(rows: list[list]) -> None:
-    width = max(len(str(r[0])) for r in rows + [COLUMNS])
+    width = max(len(str(r[0])) for r in [*rows, COLUMNS])
     print(f"{COLUMNS[0]:<{width}}  " + "  ".join(f"{c:>9}" for c in COLUMNS[1:]))
     for r in rows:
-        print(f"{r[0]:<{width}}  " + "  ".join(f"{str(v):>9}" for v in r[1:]))
+        print(f"{r[0]:<{width}}  " + "  ".join(f"{v!s:>9}" for v in r[1:]))

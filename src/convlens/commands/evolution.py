@@ -86,7 +86,7 @@ def write_evolution_outputs(args: argparse.Namespace, evo: Any, out: Path, num_i
     from ..artifacts import save_png, write_result
 
     out.mkdir(parents=True, exist_ok=True)
-    pairs = [f"{a}→{b}" for a, b in zip(evo.epochs, evo.epochs[1:])]
+    pairs = [f"{a}→{b}" for a, b in zip(evo.epochs, evo.epochs[1:], strict=False)]
     figures, rows, layers = [], [], {}
     for layer in evo.maps:
         mean = evo.mean_correlation(layer).tolist()
@@ -113,7 +113,7 @@ def write_evolution_outputs(args: argparse.Namespace, evo: Any, out: Path, num_i
                 "threshold": evo.threshold},
         figures=figures,
         tables=[{"title": "Mean correlation of each map's projection between consecutive epochs",
-                 "columns": ["layer"] + pairs + ["stable from epoch"], "rows": rows}],
+                 "columns": ["layer", *pairs, "stable from epoch"], "rows": rows}],
         data={"epochs": evo.epochs, "threshold": evo.threshold, "layers": layers, "images": num_images},
     )
 

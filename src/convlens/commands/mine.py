@@ -180,7 +180,7 @@ def fig2_grid(proj: Any, patch: Any, per_row: int = 4) -> Any:
 
     m, k = proj.shape[:2]
     side = max(1, math.ceil(math.sqrt(k)))
-    blank = torch.ones((side * side - k,) + tuple(proj.shape[2:]))
+    blank = torch.ones((side * side - k, *tuple(proj.shape[2:])))
     pairs = []
     for i in range(m):
         left = make_grid(torch.cat([proj[i], blank]), nrow=side, pad=1, pad_value=1.0)

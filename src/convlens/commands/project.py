@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         tables.append({"title": "Sanity check (Adebayo et al. 2018): similarity to the trained projection",
                        "columns": ["randomized down to", "Spearman |map|", "Pearson"],
                        "rows": [[n, _fmt(a), _fmt(b)] for n, a, b in zip(s["layers"], s["spearman_mean"],
-                                                                          s["pearson_mean"])]})
+                                                                          s["pearson_mean"], strict=False)]})
     params = {"checkpoint": args.checkpoint, "arch": args.arch or loaded.arch, "weights": args.weights,
               "image": str(args.image), "layer": args.layer, "channel": channel, "top": args.top, "rule": args.rule,
               "sanity": args.sanity, "seed": args.seed}

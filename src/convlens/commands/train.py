@@ -10,9 +10,10 @@ import dataclasses
 import json
 import os
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from ..model import get_config
 from ..train import TrainConfig, fit

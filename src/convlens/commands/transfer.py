@@ -362,7 +362,7 @@ def _contamination(args: argparse.Namespace, ds: Any) -> list[list[Any]]:
     def signatures(raw: Any) -> Any:
         loader = DataLoader(raw, batch_size=256, collate_fn=lambda items: items)
         sig, keep = [], []
-        for start, items in zip(range(0, len(raw), 256), loader):
+        for start, items in zip(range(0, len(raw), 256), loader, strict=False):
             good = [(i, x) for i, (x, _) in enumerate(items, start) if x is not None]
             if good:
                 keep += [i for i, _ in good]
@@ -375,4 +375,4 @@ def _contamination(args: argparse.Namespace, ds: Any) -> list[list[Any]]:
     dup = find_duplicates(sa, sb, threshold=args.threshold)
     name = lambda raw, i: getattr(raw, "describe", str)(i)  # noqa: E731
     return [[name(other, ka[i]), name(mine, kb[j]), round(s, 4)]
-            for (i, j), s in zip(dup.pairs.tolist(), dup.scores.tolist())]
+            for (i, j), s in zip(dup.pairs.tolist(), dup.scores.tolist(), strict=False)]

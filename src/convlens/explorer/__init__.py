@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..manifest import Result, Run, inside, load_run
 
-__all__ = ["create_app", "MAX_UPLOAD_BYTES", "MAX_UPLOAD_PIXELS", "decode_upload"]
+__all__ = ["MAX_UPLOAD_BYTES", "MAX_UPLOAD_PIXELS", "create_app", "decode_upload"]
 
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 40_000_000
@@ -70,7 +70,7 @@ class _State:
 
     def run(self) -> Run:
         files = sorted(self.root.glob("*/result.json")) + sorted(self.root.glob("*/*/result.json"))
-        stamp = tuple(p.stat().st_mtime for p in files if p.exists()) + (len(files),)
+        stamp = (*tuple(p.stat().st_mtime for p in files if p.exists()), len(files))
         if self._run is None or stamp != self._stamp:
             self._run, self._stamp = load_run(self.root), stamp
         return self._run

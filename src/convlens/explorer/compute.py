@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-__all__ = ["Panel", "ImageAnalysis", "analyze_image", "png_bytes"]
+__all__ = ["ImageAnalysis", "Panel", "analyze_image", "png_bytes"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def _projections(model: Any, x: torch.Tensor, top: int) -> dict[str, list[Panel]
         proj = project_max(model, x, layer, channels.tolist())
         shown = normalize_for_display(proj.images[0])  # (K, 3, H, W)
         out[layer] = [Panel(f"{layer}:{int(c)}", png_bytes(img), f"activation {float(v):.3g}")
-                      for img, c, v in zip(shown, channels, values)]
+                      for img, c, v in zip(shown, channels, values, strict=False)]
     return out
 
 
@@ -112,7 +112,7 @@ def analyze_image(loaded: Any, image: Image.Image, *, top: int = 4) -> ImageAnal
         probs = model(x).softmax(1)[0]
     classes = list(loaded.class_names)
     p, idx = probs.topk(min(3, probs.numel()))
-    preds = [(classes[i] if i < len(classes) else str(i), float(v)) for v, i in zip(p, idx.tolist())]
+    preds = [(classes[i] if i < len(classes) else str(i), float(v)) for v, i in zip(p, idx.tolist(), strict=False)]
     notes: list[str] = []
     layers = _projections(model, x, top) if hasattr(model, "features") else {}
     occ, note = _occlusion(model, x, image01, classes)
