@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from ..model import VARIANTS, available_archs
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "summary",
         help="print each layer's output shape and parameter count",
         description="Print each stage's output shape and parameters, e.g. to check ZFNet's 55/13/6 and 9216.",
-        epilog=f"architectures: {', '.join(available_archs())}; variants (arch:variant): {', '.join(VARIANTS)}",
+        epilog="architectures: zfnet, alexnet, zfnet-small, alexnet-small, zfnet-tiny; variants (arch:variant): "
+               "no34, no7, no67, no3467, fc-x0.5, fc-x2, wide345",
     )
     p.add_argument("--arch", default="zfnet", help="architecture name, e.g. zfnet, alexnet, zfnet-small:no34")
     p.add_argument("--input-size", type=int, default=None, help="input side in pixels (default: the arch's)")
