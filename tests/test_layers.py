@@ -63,3 +63,41 @@ def test_resolve_layers():
         resolve_layers(model, "feature.3")
     with pytest.raises(ValueError, match="no layer names"):
         resolve_layers(model, " , ")
+
+
+def test_cli_summary_and_layers_any_model(tmp_path, capsys):
+    import json
+
+    from convlens.cli import main
+
+    assert main(["summary", "--arch", "torchvision:mobilenet_v2", "--input-size", "64", "--out",
+                 str(tmp_path / "s")]) == 0
+    res = json.loads((tmp_path / "s" / "result.json").read_text())
+    rows = {r[0]: r for r in res["tables"][0]["rows"]}
+    assert rows["features.3"][1:] == ["24x16x16", "8,832", "19 / 4"] and "features.3.conv" not in rows
+    assert res["kind"] == "summary" and res["params"]["input_size"] == 64
+    capsys.readouterr()
+    assert main(["layers", "--arch", "torchvision:resnet18", "--input-size", "64", "--out", str(tmp_path / "l")]) == 0
+    out = capsys.readouterr().out
+    assert "* layer2 " in out and "layer2.1.conv1" in out and "default layers: layer1, layer2, layer3, layer4" in out
+    res = json.loads((tmp_path / "l" / "result.json").read_text())
+    assert res["data"]["default_layers"] == ["layer1", "layer2", "layer3", "layer4"]
+    by = {d["name"]: d for d in res["data"]["layers"]}
+    assert by["layer2.1"]["rf_size"] == 99 and by["layer2.1"]["output_shape"] == [128, 8, 8]
+    assert len(by) == len([n for n, _ in torchvision.models.resnet18().named_modules() if n])
+
+
+def test_cli_layers_user_factory_and_convnet(tmp_path, capsys):
+    from convlens.cli import main
+
+    src = tmp_path / "net.py"
+    src.write_text("import torch.nn as nn\n\ndef build():\n    return nn.Sequential(nn.Conv2d(3, 8, 5, 2), nn.ReLU(),"
+                   " nn.Sequential(nn.Conv2d(8, 8, 3), nn.ReLU()), nn.AdaptiveAvgPool2d(1), nn.Flatten(),"
+                   " nn.Linear(8, 4))\n")
+    assert main(["layers", "--arch", f"{src}:build", "--input-size", "32"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.split()[:2] == ["2.0", "Conv2d"])
+    assert row.split()[2:] == ["8x12x12", "8", "9", "/", "2"]  # conv 5/2, then conv 3: 5 + (3 - 1) * 2
+    assert main(["layers", "--arch", "zfnet-tiny", "--depth", "1"]) == 0
+    assert "relu5" in capsys.readouterr().out
+    assert main(["layers", "--arch", "zfnet-tiny", "--depth", "0"]) == 2
