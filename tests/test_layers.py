@@ -51,7 +51,7 @@ def test_list_layers_convnet_and_too_small_input():
     infos = {i.name: i for i in list_layers(build_model("zfnet-tiny"), 32)}
     assert infos["conv1"].output_shape == (8, 15, 15) and infos["conv1"].rf_size == 5
     with pytest.raises(ValueError, match="larger --input-size"):
-        list_layers(torchvision.models.vgg11().features, 1)
+        list_layers(nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3)), 4)
 
 
 def test_resolve_layers():
