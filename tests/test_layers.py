@@ -101,3 +101,21 @@ def test_cli_layers_user_factory_and_convnet(tmp_path, capsys):
     assert main(["layers", "--arch", "zfnet-tiny", "--depth", "1"]) == 0
     assert "relu5" in capsys.readouterr().out
     assert main(["layers", "--arch", "zfnet-tiny", "--depth", "0"]) == 2
+
+
+def test_cli_summary_checkpoint_timm_and_factory_with_weights(tiny_checkpoint, tmp_path, capsys):
+    from convlens.cli import main
+
+    assert main(["summary", "--checkpoint", str(tiny_checkpoint)]) == 0
+    assert "conv5" in capsys.readouterr().out
+    src = tmp_path / "net.py"
+    src.write_text("import torch.nn as nn\n\ndef build():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(),"
+                   " nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))\n")
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    assert main(["summary", "--arch", f"{src}:build", "--weights", str(tmp_path / "w.pt"), "--input-size", "16"]) == 0
+    assert "8x14x14" in capsys.readouterr().out
+    pytest.importorskip("timm")
+    assert main(["summary", "--arch", "timm:resnet18", "--input-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "layer2.1" in out and "99 / 8" in out
