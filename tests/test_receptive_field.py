@@ -6,6 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
+from conftest import SHARED, needs_shared
 from convlens.model import build_model
 from convlens.receptive_field import RF, axis_receptive_fields, receptive_fields, unit_box
 
@@ -256,3 +257,22 @@ def test_functional_ops_and_string_padding():
     assert rfs == {"a": RF(3, 1, -1)}  # functional calls are not modules: no names of their own
     with pytest.raises(ValueError, match="unknown layer 'b'"):
         unit_box(Net(), "b", 0, 0, 32)
+
+
+@needs_shared
+@pytest.mark.shared_data
+def test_mobilenet_v2_imagenet_weights_block_boxes_contain_live_gradient_support():
+    from PIL import Image
+
+    weights = SHARED / "models" / "mobilenet_v2_imagenet" / "mobilenet_v2_imagenet.pt"
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model = model.double().eval()
+    path = next((SHARED / "imagenet-sample" / "n01440764").glob("*.JPEG"))
+    img = Image.open(path).convert("RGB").resize((96, 96))
+    x = torch.from_numpy(__import__("numpy").asarray(img).copy()).permute(2, 0, 1)[None].double() / 127.5 - 1
+    live = 0
+    for layer in ("features.2", "features.3", "features.6", "features.10"):
+        h = model.features[: int(layer.split(".")[1]) + 1](x).shape[-1]
+        live += _support_inside(model, layer, x, [(0, 0), (h // 2, h // 2), (h - 1, h // 3)])
+    assert live == 12
