@@ -36,8 +36,10 @@ def per_class_table(res: Any, class_names: Sequence[str]) -> dict[str, Any]:
     probes = [p for p in dict.fromkeys(k[1] for k in res.scores) if (layer, p, n) in res.scores]
     cols = ["class", *(f"{p} acc %" for p in probes)]
     rows = []
-    for c, name in enumerate(class_names):
-        vals = [float(res.per_class[(layer, p, n)][c]) for p in probes]
+    k = min(len(res.per_class[(layer, p, n)]) for p in probes)  # classes up to the largest label seen
+    for c in range(max(k, len(class_names))):
+        name = class_names[c] if c < len(class_names) else str(c)
+        vals = [float(res.per_class[(layer, p, n)][c]) if c < k else float("nan") for p in probes]
         rows.append([name, *("-" if v != v else f"{100 * v:.1f}" for v in vals)])
     return {"title": f"Per-class accuracy, {layer}, {n} training images/class (mean over folds)", "columns": cols,
             "rows": rows}
