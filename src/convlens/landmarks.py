@@ -18,18 +18,25 @@ def read_landmarks(csv_path: Path, root: Path) -> tuple[list[Path], torch.Tensor
     """(image paths, points (N, 3, 2) (x, y) in original pixels, parts in :data:`PARTS` order)."""
     if not csv_path.is_file():
         raise FileNotFoundError(f"--landmarks not found: {csv_path}")
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"--landmarks {csv_path}: not a CSV text file ({exc}); expected columns "
+                         "file, eye_imgleft_x, eye_imgleft_y, eye_imgright_x, eye_imgright_y, nose_x, nose_y") from None
     need = ["file"] + [f"{p}_{c}" for p in PARTS for c in "xy"]
     if not rows or any(c not in rows[0] for c in need):
         raise ValueError(f"--landmarks {csv_path} must have columns {', '.join(need)}")
     paths, points = [], []
     for r in rows:
         path = root / r["file"]
-        if not path.is_file():
+        if not r.get("file") or not path.is_file():
             raise FileNotFoundError(f"image {r['file']} of {csv_path} not found under --images {root}")
         paths.append(path)
-        points.append([[float(r[f"{p}_x"]), float(r[f"{p}_y"])] for p in PARTS])
+        try:
+            points.append([[float(r[f"{p}_x"]), float(r[f"{p}_y"])] for p in PARTS])
+        except (TypeError, ValueError):
+            raise ValueError(f"--landmarks {csv_path}: row of {r['file']} has a coordinate that is not a number") from None
     if len(paths) < 2:
         raise ValueError(f"--landmarks needs at least 2 images, got {len(paths)}")
     return paths, torch.tensor(points)

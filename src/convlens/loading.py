@@ -395,8 +395,22 @@ def load_model(spec: str | Path, *, weights: str | Path | None = None,
     if tf_padding if tf_padding is not None else meta.tf_padding:
         use_tf_same_padding(model)
     model.to(map_location).eval()
+    if input_size is not None and input_size != (own_pre.crop if own_pre is not None else own_size):
+        _check_runs(model, input_size, label)
     path = str(weights) if weights is not None else (parsed.target if parsed.kind == "checkpoint" else None)
     return Loaded(model, pre, list(class_names), label, epoch, path)
+
+
+def _check_runs(model: nn.Module, size: int, label: str) -> None:
+    """One forward pass at ``size`` (``--input-size`` given): a model with fixed-size layers fails here, clearly."""
+    p = next(model.parameters(), None)
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=p.device if p is not None else "cpu"))
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()[0][:120]
+        raise ValueError(f"--input-size {size}: {label} cannot run on {size}x{size} inputs ({detail}); give the "
+                         "size it was built for, or leave --input-size out") from None
 
 
 def _preprocessing(own: Preprocessing | None, norm: MeanStd | None, size: int | None,

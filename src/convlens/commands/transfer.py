@@ -100,6 +100,10 @@ def run(args: argparse.Namespace) -> int:
     model = loaded.model
     layers = _layers(args, loaded)
     ds = open_dataset_from_args(args, loaded)
+    n_classes = len(set(ds.labels()))
+    if n_classes < 2:
+        raise ValueError(f"--dataset {args.dataset}: the probes need images of at least 2 classes, got {n_classes} "
+                         f"class in {len(ds)} images; raise --limit or give a dataset with more classes")
     loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_skip)
     source = args.weights if args.arch else model_spec(args)
     model_id = (file_fingerprint(source) if source and Path(source).is_file() else "none") + f":{loaded.arch}"
