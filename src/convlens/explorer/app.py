@@ -18,7 +18,7 @@ from flask import Flask, Response, abort, jsonify, redirect, render_template, re
 from werkzeug.exceptions import HTTPException
 
 from ..manifest import Result, Run, inside, load_run
-from .jobs import Job, JobQueue
+from .jobs import Job, JobQueue, release_memory
 from .runindex import RULE_CHOICES, Mined, index_mine
 from .server import LOCAL_HOSTS, HostAllowlist
 from .uploads import MAX_UPLOAD_PIXELS, ImageTooLarge, decode_upload
@@ -154,8 +154,9 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[str, int]:
-        message = exc.description if exc.code != 413 else (
-            f"the upload is larger than {MAX_UPLOAD_BYTES // 2**20} MB; choose a smaller image")
+        message = exc.description
+        if exc.code == 413 and message == type(exc).description:  # werkzeug's own text: the body is too large
+            message = f"the upload is larger than {MAX_UPLOAD_BYTES // 2**20} MB; choose a smaller image"
         return render_template("error.html", run=state.root.name, code=exc.code, name=exc.name,
                                message=message), exc.code or 500
 
@@ -227,6 +228,7 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
             abort(400, str(exc))
         finally:
             state.decode_slots.release()
+            release_memory()  # give a large decode's buffers back to the system now
         job = _submit(state, image, rule, (upload.filename or "upload")[:120])
         return redirect(f"/analysis/{job.id}", code=303)
 

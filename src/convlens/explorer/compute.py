@@ -121,12 +121,12 @@ def _projections(model: nn.Module, x: torch.Tensor, acts: dict[str, torch.Tensor
     from ..viz import normalize_for_display
 
     out: dict[str, list[Panel]] = {}
-    reasons = []
+    reasons: list[tuple[str, str]] = []
     layers = [name for name, a in acts.items() if a.dim() == 4]
     for i, layer in enumerate(layers):
         progress(f"projecting the strongest maps of {layer} ({i + 1}/{len(layers)})", 0.1 + 0.6 * i / len(layers))
         chosen, reason = resolve_rule(model, layer, rule)
-        reasons.append(f"{layer}: {chosen} ({reason})")
+        reasons.append((layer, f"{chosen}: {reason}"))
         strength = acts[layer][0].flatten(1).amax(1)  # (C,) strongest activation of each map
         values, channels = strength.topk(min(top, strength.numel()))
         proj = project_max(model, x, layer, channels.tolist(), rule=chosen)
@@ -134,7 +134,12 @@ def _projections(model: nn.Module, x: torch.Tensor, acts: dict[str, torch.Tensor
         out[layer] = [Panel(f"{layer}:{int(c)}", png_bytes(img), f"activation {float(v):.3g} · {chosen}",
                             link(layer, int(c)))
                       for img, c, v in zip(shown, channels, values, strict=False)]
-    return out, "; ".join(dict.fromkeys(reasons))
+    grouped: dict[str, list[str]] = {}
+    for layer, why in reasons:
+        grouped.setdefault(why, []).append(layer)
+    if len(grouped) == 1:
+        return out, next(iter(grouped))
+    return out, "; ".join(f"{', '.join(layers)}: {why}" for why, layers in grouped.items())
 
 
 def _bar(cmap: str, lo: float, hi: float, what: str) -> tuple[str, float, float, str]:

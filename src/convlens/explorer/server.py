@@ -70,7 +70,7 @@ class HostAllowlist:
                 f"http://localhost:PORT/ (allowed: {', '.join(sorted(self.hosts))}), or restart it with "
                 f"--allow-host {_host_name(shown) or 'NAME'} to allow that name.\n").encode()
         start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8"),
-                                           ("Content-Length", str(len(text))), ("Connection", "close")])
+                                           ("Content-Length", str(len(text)))])
         return [text]
 
 
