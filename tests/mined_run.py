@@ -36,11 +36,13 @@ def make_mined_run(root: Path, layers: dict[str, int] | None = None, *, k: int =
     labels = rng.integers(0, len(classes), images)
     data_layers, means = {}, {}
     for li, (layer, n) in enumerate(layers.items()):
-        maps = {}
+        maps: dict[str, object] = {}
+        saturated: list[int] = []
         for m in range(n):
-            values = np.sort(rng.gamma(2.0, 1.0 + m % 7, k))[::-1].round(4)
+            scores = np.sort(rng.gamma(2.0, 1.0 + m % 7, k))[::-1].round(4)
             if m % 5 == 0:
-                values[: 3 + m % 4] = 6.0  # a saturated (ReLU6-like) map: ties at the top value
+                scores[: 3 + m % 4] += 6.0  # a saturated (ReLU6-like) map: the top ones clip at 6
+            values = np.minimum(scores, 6.0)
             idx = rng.choice(images, k, replace=False)
             entries = []
             for r in range(k):
@@ -54,14 +56,17 @@ def make_mined_run(root: Path, layers: dict[str, int] | None = None, *, k: int =
                 side = 20 + 12 * li
                 lab = int(labels[idx[r]])
                 entries.append({
-                    "rank": r, "value": float(values[r]), "index": int(idx[r]),
+                    "rank": r, "value": float(values[r]), "score": float(scores[r]), "index": int(idx[r]),
                     "image": f"/data/imagenet/{classes[lab]}/img_{int(idx[r]):04d}.JPEG",
-                    "label": lab, "class_name": classes[lab], "y": r, "x": r,
+                    "label": lab, "class": classes[lab], "y": r, "x": r,
                     "box": [y0, x0, min(input_size, y0 + side), min(input_size, x0 + side)],
                     "projection": proj, "patch": patch,
                 })
-            maps[str(m)] = {"entries": entries, "saturation": float((values >= values[0]).mean())} if meta else entries
-        data_layers[layer] = {"num_maps": n, "rule": "guided", "maps": maps}
+            maps[str(m)] = {"entries": entries, "saturation": float((values >= 6.0).mean())} if meta else entries
+            if values[0] >= 6.0:
+                saturated.append(m)
+        data_layers[layer] = {"num_maps": n, "rule": "guided", "rule_reason": "no max pooling below it",
+                              "ceiling": 6.0, "saturated_maps": saturated, "maps": maps}
         means[layer] = rng.gamma(1.5, 1.0, (n, len(classes))).astype(np.float32)
     counts = np.bincount(labels, minlength=len(classes)).astype(np.int64)
     np.savez(mine / "class_means.npz", __counts__=counts, **means)

@@ -5,6 +5,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ._common import add_model_args, load_model_from_args, model_spec
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,9 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
-    p.add_argument("--checkpoint", default=None, help="convlens checkpoint for uploads (default RUN/checkpoints/last.pt)")
-    p.add_argument("--arch", default=None, help="model spec for uploads instead of --checkpoint, e.g. torchvision:resnet18")
-    p.add_argument("--weights", default=None, help="state_dict file for --arch")
+    add_model_args(p, required=False)  # the model for uploads (default RUN/checkpoints/last.pt)
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also answer requests whose Host header is NAME (repeatable; '*' answers any: only behind "
                         "a proxy that checks it). Default: localhost names and the bound address")
@@ -34,20 +34,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _model_loader(args: argparse.Namespace) -> tuple[Any, str]:
-    if args.arch is None:
+    """A function loading the model the flags name (None: the run's own checkpoint) and its label."""
+    spec = model_spec(args)
+    if spec is None:
         if args.weights is not None:
-            raise ValueError("--weights goes with --arch (e.g. --arch torchvision:resnet18 --weights r18.pt)")
+            raise ValueError("--weights goes with --arch SPEC (the architecture they fit), e.g. "
+                             "--arch torchvision:resnet18 --weights FILE")
         return None, ""
-    if args.checkpoint is not None:
-        raise ValueError("give either --checkpoint C or --arch SPEC [--weights W], not both")
-    if args.weights is not None and not Path(args.weights).is_file():
-        raise FileNotFoundError(f"--weights file not found: {args.weights}")
-    spec, weights = args.arch, args.weights
+    for flag in ("checkpoint", "weights", "classes"):
+        value = getattr(args, flag, None)
+        if value is not None and not Path(value).is_file():
+            raise FileNotFoundError(f"--{flag} file not found: {value}")
 
     def load() -> Any:
-        from ..checkpoint import load_model
-
-        return load_model(spec, weights=weights)
+        return load_model_from_args(args, "cpu")
 
     return load, spec
 
@@ -64,14 +64,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if not Path(args.run).is_dir():
         raise NotADirectoryError(f"run directory {args.run!r} does not exist")
-    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"--checkpoint file not found: {args.checkpoint}")
     from ..explorer import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, create_app
     from ..explorer.server import ServerLimits, allowed_hosts, make_server
 
     loader, label = _model_loader(args)
     hosts = allowed_hosts(args.host, args.allow_host)
-    app = create_app(args.run, checkpoint=args.checkpoint, model=loader, model_label=label, allowed_hosts=hosts,
+    app = create_app(args.run, model=loader, model_label=label, allowed_hosts=hosts,
                      max_pixels=args.max_pixels or MAX_UPLOAD_PIXELS, queue=args.queue, keep=max(32, args.queue))
     limits = ServerLimits(threads=args.threads, timeout=args.timeout, max_body=MAX_UPLOAD_BYTES + 256 * 1024)
     server = make_server(app, args.host, args.port, limits)

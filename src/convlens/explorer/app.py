@@ -272,8 +272,7 @@ def _submit(state: _State, image: Any, rule: str, name: str) -> Job:
 
         job.progress("loading the model", 0.02)
         loaded = state.model()
-        size = int(loaded.preprocessing.crop)
-        layers = upload_layers(loaded.model, list(mined.layers) if mined else [], size)
+        layers = upload_layers(loaded, list(mined.layers) if mined else [])
 
         def link(layer: str, m: int) -> str | None:
             ml = mined.layers.get(layer) if mined else None

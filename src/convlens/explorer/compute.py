@@ -62,25 +62,20 @@ def png_bytes(img01: torch.Tensor, min_side: int = 112) -> bytes:
 
 
 def resolve_rule(model: nn.Module, layer: str, rule: str) -> tuple[str, str]:
-    """``rule`` for ``layer`` of ``model`` and why; ``auto`` defers to :func:`convlens.deconv.resolve_rule`
-    where it exists, else picks deconvnet for nets with max pooling and guided backprop otherwise."""
+    """``rule`` for ``layer`` of ``model`` and why (:func:`convlens.rules.resolve_rule`; ``auto``: the
+    paper's deconvnet where max-pool switches make it follow the image, guided backprop elsewhere)."""
     if rule not in RULE_CHOICES:
         raise ValueError(f"rule must be one of {', '.join(RULE_CHOICES)}, got {rule!r}")
-    from .. import deconv
+    from ..rules import resolve_rule as library
 
-    library = getattr(deconv, "resolve_rule", None)
-    if library is not None:
-        chosen, reason = library(model, layer, rule)
-        return str(chosen), str(reason)
-    if rule != "auto":
-        return rule, "chosen by the user"
-    if any(isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)) for m in model.modules()):
-        return "deconvnet", "the model max-pools, so the deconvnet's switches make projections follow the image"
-    return "guided", "the model has no max pooling: the deconvnet projection would not depend on the image"
+    chosen, reason = library(model, layer, rule)
+    return str(chosen), str(reason) if rule == "auto" else "chosen on the upload form"
 
 
-def upload_layers(model: nn.Module, mined: Sequence[str], input_size: int) -> list[str]:
-    """Layers to project an upload at: the mined ones the model has, else the library's defaults."""
+def upload_layers(loaded: Any, mined: Sequence[str]) -> list[str]:
+    """Layers to project an upload at: the mined ones the model has, else the defaults that fit the
+    model (``conv1``..``conv5`` of a ZFNet, a few evenly spaced blocks of another CNN)."""
+    model = loaded.model
     resolve = getattr(model, "resolve", None)
     names = dict(model.named_modules())
     ok = []
@@ -92,19 +87,9 @@ def upload_layers(model: nn.Module, mined: Sequence[str], input_size: int) -> li
             continue
     if ok:
         return ok
-    stages_of = getattr(model, "stages", None)
-    if callable(resolve) and callable(stages_of):
-        stages = [n for n, _ in stages_of()]
-        return [f"conv{i}" for i in range(1, 6) if f"relu{i}" in stages]
-    try:
-        from ..layers import default_layers  # type: ignore[attr-defined]
+    from ..commands._common import default_layers
 
-        return list(default_layers(model, input_size))
-    except ImportError:
-        convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-        if len(convs) <= 4:
-            return convs
-        return [convs[round(i * (len(convs) - 1) / 3)] for i in range(4)]
+    return default_layers(loaded)
 
 
 def _activations(model: nn.Module, x: torch.Tensor, layers: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -224,7 +209,7 @@ def analyze_image(loaded: Any, image: Image.Image, *, layers: Sequence[str] = ()
     if param is not None:
         x = x.to(device=param.device, dtype=param.dtype)
     image01 = pre.denormalize(x[0]).cpu()
-    chosen = list(layers) or upload_layers(model, (), int(x.shape[-1]))
+    chosen = list(layers) or upload_layers(loaded, ())
     report("forward pass", 0.05)
     logits, acts = _activations(model, x, chosen)
     probs = logits.float().softmax(1)[0].cpu()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -20,30 +21,41 @@ import numpy as np
 
 from ..manifest import Result
 
-__all__ = ["RULE_CHOICES", "SORTS", "ClassMeans", "Entry", "MapInfo", "Mined", "MinedLayer", "file_url", "index_mine"]
+__all__ = ["RULE_CHOICES", "SORTS", "ClassMeans", "Entry", "MapInfo", "Mined", "MinedLayer", "file_url", "index_mine", "url_maker"]
 
 RULE_CHOICES = ("auto", "deconvnet", "guided", "gradient")
 """Projection rules offered for uploads (``auto``: see :func:`convlens.explorer.compute.resolve_rule`)."""
 
 SORTS = {
     "map": "map number",
-    "value": "activation strength (top-1 value)",
+    "value": "activation strength (top-1, pre-clip where clipped)",
     "classes": "classes spanned by the top-k",
-    "saturation": "saturation (share of the top-k at the top value)",
+    "saturation": "saturation (share of the top-k at the clip or tied at the top)",
 }
 
 
 def file_url(root: Path, base: Path, rel: str) -> str | None:
     """``/file/...`` URL of ``base/rel`` inside ``root``, checked lexically (the file route re-checks on disk)."""
-    p = PurePosixPath(str(rel).replace("\\", "/"))
-    if not str(rel) or p.is_absolute() or ".." in p.parts:
-        return None
+    make = url_maker(root, base)
+    return make(rel) if make is not None else None
+
+
+def url_maker(root: Path, base: Path) -> Callable[[str], str | None] | None:
+    """A fast ``rel -> /file/...`` for many paths relative to ``base`` (None when ``base`` is outside ``root``):
+    string checks only (no ``..`` segment, not absolute), since the index builds tens of thousands."""
     try:
         prefix = base.relative_to(root).as_posix()
     except ValueError:
         return None
-    joined = p.as_posix() if prefix in ("", ".") else f"{prefix}/{p.as_posix()}"
-    return "/file/" + joined
+    head = "/file/" if prefix in ("", ".") else f"/file/{prefix}/"
+
+    def make(rel: str) -> str | None:
+        r = rel.replace("\\", "/")
+        if not r or r.startswith("/") or ":" in r.split("/", 1)[0] or ".." in r.split("/"):
+            return None
+        return head + r.removeprefix("./")
+
+    return make
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,7 @@ class Entry:
 
     rank: int
     value: float
+    score: float
     image: str
     label: int | None
     class_name: str | None
@@ -90,6 +103,8 @@ class MinedLayer:
     maps: tuple[MapInfo, ...]
     position: dict[int, int]
     saturated_maps: int | None = None
+    rule_reason: str = ""
+    ceiling: float | None = None
     _orders: dict[str, list[int]] = field(default_factory=dict, repr=False, compare=False)
 
     def order(self, sort: str, descending: bool) -> list[int]:
@@ -139,14 +154,14 @@ class ClassMeans:
         mu = a[:, live].mean(1) if live.any() else a.mean(1)
         sd = a[:, live].std(1) if live.any() else a.std(1)
         sel = (a[:, c] - mu) / np.maximum(sd, 1e-12)
-        score = a[:, c] if by == "mean" else sel
+        score = np.nan_to_num(a[:, c] if by == "mean" else sel, nan=-np.inf)
         order = np.argsort(-score, kind="stable")[:n]
         return [(int(m), float(a[m, c]), float(sel[m])) for m in order]
 
     def top_classes(self, layer: str, m: int, n: int) -> list[tuple[int, float]]:
         """The ``n`` classes with the highest mean activation of map ``m`` (classes without images left out)."""
         row = self.layers[layer][m].astype(np.float64)
-        row = np.where(self.counts > 0, row, -np.inf)
+        row = np.where((self.counts > 0) & np.isfinite(row), row, -np.inf)
         order = np.argsort(-row, kind="stable")[:n]
         return [(int(c), float(row[c])) for c in order if np.isfinite(row[c])]
 
@@ -178,6 +193,8 @@ def _float(v: Any) -> float:
 
 def _class_of(raw: dict[str, Any], names: list[str]) -> tuple[int | None, str | None]:
     label = _int(raw.get("label"))
+    if label is not None and label < 0:  # -1: unknown
+        label = None
     name = raw.get("class_name", raw.get("class"))
     if isinstance(name, int) and label is None:
         label, name = name, None
@@ -200,8 +217,10 @@ def _entries(raw: Any, urls: Any, names: list[str]) -> tuple[Entry, ...]:
         box = e.get("box")
         box_t = tuple(int(v) for v in box) if isinstance(box, list) and len(box) == 4 else None
         image = e.get("image", e.get("index", ""))
+        value = _float(e.get("value"))
+        score = _float(e.get("score")) if "score" in e else value
         out.append(Entry(
-            rank=_int(e.get("rank"), len(out)) or 0, value=_float(e.get("value")),
+            rank=_int(e.get("rank"), len(out)) or 0, value=value, score=score,
             image=str(image), label=label, class_name=cname, box=box_t,  # type: ignore[arg-type]
             projection=urls(e.get("projection")) if isinstance(e.get("projection"), str) else None,
             patch=urls(e.get("patch")) if isinstance(e.get("patch"), str) else None,
@@ -209,20 +228,22 @@ def _entries(raw: Any, urls: Any, names: list[str]) -> tuple[Entry, ...]:
     return tuple(out)
 
 
-def _map_info(m: int, raw: Any, urls: Any, names: list[str]) -> MapInfo:
+def _map_info(m: int, raw: Any, urls: Any, names: list[str], ceiling: float | None) -> MapInfo:
     meta = raw if isinstance(raw, dict) else {}
     entries = _entries(meta.get("entries", meta.get("top")) if meta else raw, urls, names)
     values = [e.value for e in entries if math.isfinite(e.value)]
-    top = max(values) if values else math.nan
+    scores = [e.score for e in entries if math.isfinite(e.score)]
+    top = max(scores) if scores else math.nan  # strength: the pre-clip value where the activation clips
     classes = {e.class_name if e.class_name is not None else e.label for e in entries} - {None}
     sat = meta.get("saturation")
     if not isinstance(sat, (int, float)):
         flags = [bool(e.get("saturated")) for e in (raw if isinstance(raw, list) else meta.get("entries") or [])
                  if isinstance(e, dict) and "saturated" in e]
+        peak = ceiling if ceiling is not None else (max(values) if values else 0.0)
         if flags:
             sat = sum(flags) / len(flags)
-        elif values and top > 0:
-            sat = sum(1 for v in values if v >= top * (1 - 1e-6)) / len(values)  # ties at the top value
+        elif values and peak > 0:
+            sat = sum(1 for v in values if v >= peak * (1 - 1e-6)) / len(values)  # at the clip / tied at the top
         else:
             sat = 0.0
     span = len(classes) if classes else len({e.image for e in entries})
@@ -258,8 +279,10 @@ def index_mine(root: Path, mine: Result) -> Mined:
     raw_names = data.get("class_names")
     names = [str(n) for n in raw_names] if isinstance(raw_names, list) else []
 
+    make = url_maker(root, mine.dir)
+
     def urls(rel: Any) -> str | None:
-        return file_url(root, mine.dir, rel) if isinstance(rel, str) else None
+        return make(rel) if make is not None and isinstance(rel, str) else None
 
     default_rule = str(data.get("rule") or mine.params.get("rule") or "deconvnet")
     layers: dict[str, MinedLayer] = {}
@@ -269,16 +292,19 @@ def index_mine(root: Path, mine: Result) -> Mined:
             continue
         raw_maps = info.get("maps") if isinstance(info.get("maps"), dict) else {}
         maps = []
+        ceiling = info.get("ceiling") if isinstance(info.get("ceiling"), (int, float)) else None
         for key, raw in (raw_maps or {}).items():
             m = _int(key)
             if m is not None and m >= 0:
-                maps.append(_map_info(m, raw, urls, names))
+                maps.append(_map_info(m, raw, urls, names, ceiling))
         maps.sort(key=lambda mi: mi.id)
         rule = info.get("rule")
-        sat = _int(info.get("saturated_maps", info.get("saturated")))
+        raw_sat = info.get("saturated_maps", info.get("saturated"))
+        sat = len(raw_sat) if isinstance(raw_sat, list) else _int(raw_sat)
         layers[str(name)] = MinedLayer(
             str(name), _int(info.get("num_maps"), len(maps)) or len(maps), str(rule or default_rule),
-            tuple(maps), {mi.id: i for i, mi in enumerate(maps)}, sat)
+            tuple(maps), {mi.id: i for i, mi in enumerate(maps)}, sat, str(info.get("rule_reason") or ""),
+            float(ceiling) if ceiling is not None else None)
     cm_name = data.get("class_means") if isinstance(data.get("class_means"), str) else "class_means.npz"
     cm_path = mine.dir / str(cm_name)
     cm = _load_class_means(cm_path, names, layers, warnings) if cm_path.resolve().is_relative_to(mine.dir) else None
