@@ -285,9 +285,20 @@ def test_cli_mine_end_to_end(tmp_path):
     conv5 = res["data"]["layers"]["conv5"]
     assert conv5["num_maps"] == 12 and len(conv5["maps"]) == 12
     entry = conv5["maps"]["3"][0]
-    assert set(entry) == {"rank", "value", "index", "image", "y", "x", "box", "projection", "patch"}
+    assert {"rank", "value", "index", "image", "y", "x", "box", "projection", "patch"} <= set(entry)
+    assert entry["class"] in ("cats", "dogs") and entry["class"] == res["data"]["class_names"][entry["label"]]
     assert entry["image"].startswith(str(root)) and (out / entry["projection"]).is_file() and (out / entry["patch"]).is_file()
     assert [e["rank"] for e in conv5["maps"]["3"]] == [0, 1, 2, 3]
+    assert conv5["rule"] == "deconvnet" and "pool" in conv5["rule_reason"] and conv5["saturated_maps"] == []
+    means = np.load(out / res["data"]["class_means"])
+    assert means["conv5"].shape == (12, 2) and means["conv5"].dtype == np.float32
+    assert means["__counts__"].tolist() == [3, 3]
+    saved = json.loads((out / "units" / "conv5" / "3.json").read_text())
+    assert saved["entries"] == conv5["maps"]["3"] and saved["rule"] == "deconvnet"
+    # a second run resumes: every map is found done, nothing is projected again
+    stamp = (out / entry["projection"]).stat().st_mtime_ns
+    assert main(argv) == 0
+    assert (out / entry["projection"]).stat().st_mtime_ns == stamp
     assert main([*argv[:-2], "--k", "0", "--out", str(out)]) == 2  # bad argument: exit code 2
 
 

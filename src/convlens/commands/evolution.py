@@ -13,7 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .mine import add_model_args, check_positive, parse_layers, resolve_device
+from .mine import add_data_args as add_model_args
+from .mine import check_positive, parse_layers, resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
     from ..data import collate_skip, open_dataset
     from ..evolution import feature_evolution, find_checkpoints
-    from ..topk import layer_features
+    from ..mining import layer_features
 
     check_positive(args, "maps", "limit", "batch-size")
     checkpoints = find_checkpoints(args.run)
