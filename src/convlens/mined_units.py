@@ -113,7 +113,7 @@ def project_mined(
     to_pixels: Callable[[torch.Tensor], torch.Tensor] | None = None,
     class_names: Sequence[str] = (),
     chunk_maps: int = 16,
-    batch: int = 64,
+    batch: int = 8,
     min_side: int = 48,
     progress: Any = None,
 ) -> MinedUnits:
@@ -129,7 +129,8 @@ def project_mined(
         to_pixels: normalized images -> displayable pixels (e.g. ``Preprocessing.denormalize``).
         class_names: names of the dataset's labels (:func:`display_class_names`).
         chunk_maps: maps per chunk (memory bound: chunk_maps x k projections at a time).
-        batch: units per :func:`convlens.deconv.project_units` call.
+        batch: units per :func:`convlens.deconv.project_units` call (each unit's image goes through
+            the network with gradients: about 100 MB per unit for MobileNetV2 at 224 px on the generic path).
         min_side: PNG tiles smaller than this are enlarged (nearest neighbour).
         progress: a ``tqdm`` bar advanced by one per unit (projected or found done).
 
@@ -161,7 +162,8 @@ def project_mined(
         progress.update(len(entries) * k)
     for s in range(0, len(todo), max(1, chunk_maps)):
         part = todo[s:s + chunk_maps]
-        tiles = unit_tiles(model, dataset, top, part, to_pixels=to_pixels, chunk=batch, rule=rule)
+        tiles = unit_tiles(model, dataset, top, part, to_pixels=to_pixels, chunk=batch, rule=rule,
+                           progress=None if progress is None else progress.update)
         factor = max(1, -(-min_side // tiles.projections.shape[-1]))
         proj, patch = display_tiles(tiles.projections, tiles.patches, tiles.projections.shape[-1] * factor)
         for i, m in enumerate(part):
@@ -172,8 +174,6 @@ def project_mined(
             doc = {"layer": top.layer, "map": m, "rule": rule, "saturated": bool(saturated[m]), "entries": fresh}
             _write_json(folder / f"{m}.json", doc)
             entries[m] = fresh
-        if progress is not None:
-            progress.update(len(part) * k)
         del tiles, proj, patch
     return MinedUnits(top.layer, rule, reason, {m: entries[m] for m in maps}, len(maps) - len(todo))
 

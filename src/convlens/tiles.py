@@ -8,7 +8,7 @@ receptive field. Memory is bounded by the maps asked for: callers with many maps
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,7 @@ def unit_tiles(
     chunk: int = 64,
     fill: float = 1.0,
     rule: str = "auto",
+    progress: Callable[[int], None] | None = None,
 ) -> UnitTiles:
     """Projection and image patch of each top-k entry of ``maps`` (Fig. 2), batched.
 
@@ -74,6 +75,7 @@ def unit_tiles(
         chunk: units per :func:`convlens.deconv.project_units` call (one batched pass).
         fill: patch value outside the image.
         rule: projection rule; ``auto`` (default): :func:`convlens.rules.resolve_rule` for the layer.
+        progress: called with the number of units after each batched pass (e.g. ``bar.update``).
 
     Example:
         >>> tiles = unit_tiles(model, ds, tops["conv5"], [3, 7], to_pixels=ds.pre.denormalize)
@@ -93,7 +95,7 @@ def unit_tiles(
     entries = [(int(c), r) for c in maps_t for r in range(k)]
     size = tuple(dataset[int(top.dataset_indices[entries[0]])][0].shape[-2:])
     resolve = getattr(model, "resolve", None)
-    rf = receptive_fields(model, size)[resolve(top.layer) if callable(resolve) else top.layer]
+    rf = receptive_fields(model, size).get(resolve(top.layer) if callable(resolve) else top.layer)  # None: unknown
     projections, patches, boxes, values = [], [], [], []
     for s in range(0, len(entries), chunk):
         part = entries[s:s + chunk]
@@ -107,6 +109,8 @@ def unit_tiles(
         projections.append(_tiles(proj.images[:, 0].cpu(), box, rf, 0.0))
         patches.append(_tiles(pixels.cpu(), box, rf, fill))
         boxes.append(box), values.append(proj.values[:, 0].cpu())  # type: ignore[func-returns-value]
+        if progress is not None:
+            progress(len(part))
     proj_tiles, patch_tiles = torch.cat(projections), torch.cat(patches)
     shape = (m, k, *tuple(proj_tiles.shape[1:]))
     return UnitTiles(proj_tiles.reshape(shape), patch_tiles.reshape(shape), torch.cat(boxes).reshape(m, k, 4),
@@ -117,7 +121,7 @@ def _tiles(images: torch.Tensor, boxes: torch.Tensor, rf: Any, fill: float) -> t
     """Crop (N, 3, H, W) to each box into an S x S tile; a box clipped at the top/left edge is placed
     at the bottom/right of its tile, where the unclipped field would have put it."""
     h, w = images.shape[-2:]
-    s = min(rf.size, h, w) if rf.stride else min(h, w)
+    s = min(rf.size, h, w) if rf is not None and rf.stride else min(h, w)
     out = images.new_full((len(images), images.shape[1], s, s), fill)
     for n, (y0, x0, y1, x1) in enumerate(boxes.tolist()):
         crop = images[n, :, y0:y1, x0:x1][:, :s, :s]
