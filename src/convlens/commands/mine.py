@@ -105,7 +105,7 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
     from tqdm import tqdm
 
     from ..artifacts import save_png, write_result
-    from ..mined_units import display_class_names, layer_sheets, map_entries, project_mined
+    from ..mined_units import display_class_names, layer_sheets, project_mined
 
     names = display_class_names(getattr(ds, "classes", []), loaded.class_names)
     gen = torch.Generator().manual_seed(args.seed)
@@ -136,8 +136,7 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
                 figures.append({"path": path, "group": layer,
                                 "caption": f"{layer}: top-{k} activations of maps {', '.join(map(str, part))}; left: "
                                            f"{done.rule} projections (activation), right: image patches (class)"})
-            entries = {str(m): done.entries.get(m) or _bare(map_entries(top, m, names, getattr(ds, "describe", None)))
-                       for m in range(c)}
+            entries = {str(m): done.entries[m] for m in maps}  # the projected maps (all by default)
             all_k = int((top.values >= top.ceiling).all(1).sum()) if top.ceiling is not None else 0
             rows.append([layer, c, done.rule, f"{float(top.values[:, 0].mean()):.4g}",
                          f"{float(top.values[:, -1].mean()):.4g}", int((top.values[:, 0] <= 0).sum()), len(sat), all_k])
@@ -166,11 +165,6 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
         data={"layers": layers_data, "skipped": first.num_skipped, "images": first.num_images,
               "class_names": names, "class_means": "class_means.npz"},
     )
-
-
-def _bare(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Entries of a map that was not projected (``--project grid``): no PNG paths."""
-    return [{k: v for k, v in e.items() if k not in ("projection", "patch")} for e in entries]
 
 
 def _save_class_means(out: Path, tops: dict[str, Any]) -> None:
