@@ -84,10 +84,9 @@ class TopActivations:
     @property
     def saturated(self) -> torch.Tensor:
         """(C,) bool: the map's strongest entry reaches the clip's ceiling (ranked by pre-clip value)."""
-        if self.ceiling is None:
+        if self.ceiling is None or self.values.shape[1] == 0:
             return torch.zeros(self.values.shape[0], dtype=torch.bool)
-        return (self.values[:, 0] >= self.ceiling).cpu() if self.values.shape[1] else \
-            torch.zeros(self.values.shape[0], dtype=torch.bool)
+        return (self.values[:, 0] >= self.ceiling).cpu()
 
     def to_dict(self) -> dict[str, Any]:
         return {"layer": self.layer, "values": self.values, "dataset_indices": self.dataset_indices,
