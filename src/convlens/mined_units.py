@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,8 +163,11 @@ def project_mined(
         progress.update(len(entries) * k)
     for s in range(0, len(todo), max(1, chunk_maps)):
         part = todo[s:s + chunk_maps]
-        tiles = unit_tiles(model, dataset, top, part, to_pixels=to_pixels, chunk=batch, rule=rule,
-                           progress=None if progress is None else progress.update)
+        with warnings.catch_warnings():
+            if s:  # the rule's notes (e.g. "ReLU6 treated as ReLU") were shown for the first chunk
+                warnings.simplefilter("ignore", UserWarning)
+            tiles = unit_tiles(model, dataset, top, part, to_pixels=to_pixels, chunk=batch, rule=rule,
+                               progress=None if progress is None else progress.update)
         factor = max(1, -(-min_side // tiles.projections.shape[-1]))
         proj, patch = display_tiles(tiles.projections, tiles.patches, tiles.projections.shape[-1] * factor)
         for i, m in enumerate(part):
