@@ -86,21 +86,31 @@ def _read_holder(fd: int) -> str:
 _TEMP = re.compile(r"(\.tmp\d*|\.tmp\.npz)$")
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+def remove_stale_temporaries(folder: str | Path, *, depth: int = 3) -> list[Path]:
     """Delete temporary files left by killed atomic writes (``.NAME.XXXX.tmp``, ``.NAME.tmpPID``,
-    ``NAME.tmp``, ``NAME.tmp.npz``) in ``folder`` and its immediate subfolders. Call it while holding
-    :func:`lock_output`: then no other writer is live. Returns the files removed."""
+    ``NAME.tmp``, ``NAME.tmp.npz``) in ``folder`` and its subfolders down to ``depth`` levels
+    (``units/<layer>/`` of ``mine``). Call it while holding :func:`lock_output`: then no other
+    writer is live. Returns the files removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed: list[Path] = []
-    dirs = [folder, *(d for d in folder.iterdir() if d.is_dir() and not d.is_symlink())]
-    for d in dirs:
-        for p in d.iterdir():
-            if _TEMP.search(p.name) and p.is_file() and not p.is_symlink():
-                with contextlib.suppress(OSError):
-                    p.unlink()
-                    removed.append(p)
+    level = [folder]
+    for _ in range(depth + 1):
+        subdirs: list[Path] = []
+        for d in level:
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    subdirs.append(Path(e.path))
+                elif _TEMP.search(e.name) and e.is_file(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.unlink(e.path)
+                        removed.append(Path(e.path))
+        level = subdirs
     if removed:
         log.info("removed %d temporary file(s) left by an interrupted run in %s", len(removed), folder)
     return removed
