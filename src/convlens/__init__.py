@@ -14,7 +14,9 @@ _EXPORTS = {
     # model.py
     "LAYERS": "model", "ConvNet": "model", "ConvNetConfig": "model", "build_model": "model", "get_config": "model",
     # hooks.py
-    "record_activations": "hooks", "parse_unit": "hooks",
+    "record_activations": "hooks", "capture": "hooks", "parse_unit": "hooks",
+    # layers.py: names, defaults and receptive fields of any model's layers
+    "LayerInfo": "layers", "list_layers": "layers", "default_layers": "layers", "resolve_layers": "layers",
     # data.py / checkpoint.py
     "Preprocessing": "data", "open_dataset": "data", "load_image": "data",
     "load_model": "checkpoint", "save_checkpoint": "checkpoint",

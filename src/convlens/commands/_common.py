@@ -211,7 +211,7 @@ def default_layers(loaded: Loaded, count: int | None = None) -> list[str]:
     try:
         from ..layers import default_layers as library_default  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
-        library_default = _fallback_default_layers
+        library_default = _fallback_default_layers  # type: ignore[assignment, unused-ignore]
     names = list(library_default(loaded.model, loaded.input_size))
     return names[-count:] if count else names
 

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
     from ..data import collate_skip, open_dataset
     from ..evolution import feature_evolution, find_checkpoints
-    from ..topk import layer_features
+    from ..hooks import capture
 
     check_positive(args, "maps", "limit", "batch-size")
     checkpoints = find_checkpoints(args.run)
@@ -70,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                         collate_fn=collate_skip)
     size = last.preprocessing.crop
-    with torch.no_grad():
-        shapes = layer_features(last.model, torch.zeros(1, 3, size, size, device=device), layers)
+    shapes = capture(last.model.eval(), torch.zeros(1, 3, size, size, device=device), layers)
     gen = torch.Generator().manual_seed(args.seed)
     maps = {layer: sorted(torch.randperm(a.shape[1], generator=gen)[:args.maps].tolist()) for layer, a in shapes.items()}
     models = ((e, load_model(checkpoints[e], map_location=device).model) for e in epochs)
