@@ -51,7 +51,7 @@ def test_list_layers_convnet_and_too_small_input():
     infos = {i.name: i for i in list_layers(build_model("zfnet-tiny"), 32)}
     assert infos["conv1"].output_shape == (8, 15, 15) and infos["conv1"].rf_size == 5
     with pytest.raises(ValueError, match="larger --input-size"):
-        list_layers(torchvision.models.vgg11().features, 1)
+        list_layers(nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3)), 4)
 
 
 def test_resolve_layers():
@@ -101,3 +101,21 @@ def test_cli_layers_user_factory_and_convnet(tmp_path, capsys):
     assert main(["layers", "--arch", "zfnet-tiny", "--depth", "1"]) == 0
     assert "relu5" in capsys.readouterr().out
     assert main(["layers", "--arch", "zfnet-tiny", "--depth", "0"]) == 2
+
+
+def test_cli_summary_checkpoint_timm_and_factory_with_weights(tiny_checkpoint, tmp_path, capsys):
+    from convlens.cli import main
+
+    assert main(["summary", "--checkpoint", str(tiny_checkpoint)]) == 0
+    assert "conv5" in capsys.readouterr().out
+    src = tmp_path / "net.py"
+    src.write_text("import torch.nn as nn\n\ndef build():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(),"
+                   " nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))\n")
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    assert main(["summary", "--arch", f"{src}:build", "--weights", str(tmp_path / "w.pt"), "--input-size", "16"]) == 0
+    assert "8x14x14" in capsys.readouterr().out
+    pytest.importorskip("timm")
+    assert main(["summary", "--arch", "timm:resnet18", "--input-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "layer2.1" in out and "99 / 8" in out

@@ -6,8 +6,9 @@ import torch
 import torchvision
 from torch import nn
 
+from conftest import SHARED, needs_shared
 from convlens.model import build_model
-from convlens.receptive_field import RF, receptive_fields, unit_box
+from convlens.receptive_field import RF, axis_receptive_fields, receptive_fields, unit_box
 
 
 def _meta(fn):  # structure only: no memory, no initialization time
@@ -45,9 +46,25 @@ def test_torchvision_alexnet_and_resnet():
 def test_bad_layer_and_non_square():
     with pytest.raises(ValueError, match="unknown layer 'conv9'"):
         unit_box(build_model("zfnet-tiny"), "conv9", 0, 0, 32)
-    net = nn.Sequential(nn.Conv2d(3, 4, (3, 5)))
-    with pytest.raises(ValueError, match="square"):
-        receptive_fields(net, 32)
+
+
+
+def test_non_square_kernels_are_followed_per_axis():
+    # inception-style 1x7 then 7x1 (plus a 3x5 stride-(1, 2) conv): exact per axis, square again at the end
+    net = nn.Sequential(nn.Conv2d(3, 4, (1, 7), padding=(0, 3)), nn.Conv2d(4, 4, (7, 1), padding=(3, 0)),
+                        nn.Conv2d(4, 2, (3, 5), stride=(1, 2))).double()
+    axes = axis_receptive_fields(net, 32)
+    assert axes["0"] == (RF(1, 1, 0), RF(7, 1, -3))
+    assert axes["1"] == (RF(7, 1, -3), RF(7, 1, -3))
+    assert axes["2"] == (RF(9, 1, -3), RF(11, 2, -3))
+    assert set(receptive_fields(net, 32)) == {"1"}  # only the layer whose two axes agree
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64, requires_grad=True)
+    for layer, (y, xx) in (("0", (10, 12)), ("2", (5, 7)), ("2", (0, 0))):
+        out = net[: int(layer) + 1](x)
+        (g,) = torch.autograd.grad(out[0, 0, y, xx], x)
+        nz = g[0].abs().sum(0).nonzero()
+        assert unit_box(net, layer, y, xx, 32) == (int(nz[:, 0].min()), int(nz[:, 1].min()),
+                                                   int(nz[:, 0].max()) + 1, int(nz[:, 1].max()) + 1)
 
 
 def _support_inside(model: nn.Module, layer: str, x: torch.Tensor, positions: list[tuple[int, int]]) -> int:
@@ -240,3 +257,22 @@ def test_functional_ops_and_string_padding():
     assert rfs == {"a": RF(3, 1, -1)}  # functional calls are not modules: no names of their own
     with pytest.raises(ValueError, match="unknown layer 'b'"):
         unit_box(Net(), "b", 0, 0, 32)
+
+
+@needs_shared
+@pytest.mark.shared_data
+def test_mobilenet_v2_imagenet_weights_block_boxes_contain_live_gradient_support():
+    from PIL import Image
+
+    weights = SHARED / "models" / "mobilenet_v2_imagenet" / "mobilenet_v2_imagenet.pt"
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model = model.double().eval()
+    path = next((SHARED / "imagenet-sample" / "n01440764").glob("*.JPEG"))
+    img = Image.open(path).convert("RGB").resize((96, 96))
+    x = torch.from_numpy(__import__("numpy").asarray(img).copy()).permute(2, 0, 1)[None].double() / 127.5 - 1
+    live = 0
+    for layer in ("features.2", "features.3", "features.6", "features.10"):
+        h = model.features[: int(layer.split(".")[1]) + 1](x).shape[-1]
+        live += _support_inside(model, layer, x, [(0, 0), (h // 2, h // 2), (h - 1, h // 3)])
+    assert live == 12

@@ -25,6 +25,7 @@ _EXPORTS = {
     # deconvnet and receptive fields (Sec. 2.1, Fig. 1)
     "Projection": "deconv", "project_units": "deconv", "project_max": "deconv", "project_topk": "deconv",
     "sanity_check": "sanity", "receptive_fields": "receptive_field", "unit_box": "receptive_field",
+    "axis_receptive_fields": "receptive_field",
     # top-9 and evolution (Fig. 2, Fig. 4)
     "TopKAccumulator": "topk", "TopActivations": "topk", "mine_top_activations": "topk", "unit_tiles": "topk",
     "feature_evolution": "evolution",

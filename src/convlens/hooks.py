@@ -159,7 +159,8 @@ def record_activations(model: nn.Module, layers: Sequence[str]) -> Iterator[dict
 
 
 # per model: how many times each hooked module ran in one forward (learned on the first capture)
-_CALL_COUNTS: weakref.WeakKeyDictionary[nn.Module, dict[str, int]] = weakref.WeakKeyDictionary()
+# (keyed by layer name and the model's training flag: a forward may take other paths in training mode)
+_CALL_COUNTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, bool], int]] = weakref.WeakKeyDictionary()
 
 
 def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, no_grad: bool = True) -> dict[str, torch.Tensor]:
@@ -194,9 +195,10 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, no_grad
             return dict(model.features(x, names))  # type: ignore[operator]
     rec = _Recorder(model, names)
     known = _CALL_COUNTS.get(model, {})
-    full = not all(n in known for n in names)
+    mode = model.training
+    full = not all((n, mode) in known for n in names)
     if not full:
-        rec.stop_after = {n: known[n] for n in names}
+        rec.stop_after = {n: known[n, mode] for n in names}
     try:
         with ctx, contextlib.suppress(_Done):
             model(x)
@@ -207,7 +209,7 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, no_grad
         raise ValueError(f"layers {', '.join(map(repr, missing))} never ran in {type(model).__name__}'s forward "
                          f"pass, so they have no activations; choose layers the forward uses ({_LIST_HINT})")
     if full:
-        _CALL_COUNTS.setdefault(model, {}).update(rec.calls)
+        _CALL_COUNTS.setdefault(model, {}).update({(n, mode): c for n, c in rec.calls.items()})
     return {n: rec.store[n] for n in layers}
 
 
