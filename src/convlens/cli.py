@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if not getattr(args, "func", None):
         parser.print_help()
+        names = sorted(info.name for info in pkgutil.iter_modules(commands.__path__) if not info.name.startswith("_"))
+        print(f"error: no command given; expected one of {', '.join(names)} (see 'convlens --help')", file=sys.stderr)
         return 2
     setup_logging(args.verbose)
     try:

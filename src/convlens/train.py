@@ -56,6 +56,7 @@ from ._rundir import (
     write_train_result,
 )
 from .checkpoint import save_checkpoint
+from .device import resolve_device
 from .distributed import DistInfo, all_reduce_sum
 from .evaluation import average_log_proba, device_of, evaluate, predict_log_proba, topk_correct, topk_errors
 from .model import ConvNet, get_config, init_weights
@@ -141,15 +142,6 @@ class TrainConfig:
 
     def replace(self, **kw: object) -> TrainConfig:
         return dataclasses.replace(self, **kw)  # type: ignore[arg-type]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return torch.device(name)
 
 
 @torch.no_grad()
