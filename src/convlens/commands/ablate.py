@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ._common import add_device_arg, add_out_arg, positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -32,15 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", choices=("paper", "kaiming"), default="kaiming",
                    help="weight init (default kaiming: short runs; the paper's is 'paper')")
     p.add_argument("--no-clip", action="store_true", help="turn off feature-scale clipping")
-    p.add_argument("--limit-train", type=int, default=None,
+    p.add_argument("--limit-train", type=positive_int, default=None, metavar="N",
                    help="train on a random subset of N images (seeded, the same for every variant)")
-    p.add_argument("--limit-val", type=int, default=None, help="validate on a random subset of N images")
-    p.add_argument("--limit", dest="limit_train", type=int, default=None, help="alias of --limit-train")
+    p.add_argument("--limit-val", type=positive_int, default=None, metavar="N",
+                   help="validate on a random subset of N images (seeded)")
     p.add_argument("--ensemble", action="store_true", help="add a row: all variants' softmax averaged (Table 2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    add_device_arg(p)
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True)
+    add_out_arg(p)
     p.set_defaults(func=run)
 
 
