@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._common import out_dir, positive_int
+
 if TYPE_CHECKING:
     from ..train import TrainConfig
 
@@ -33,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", default=_S, help="architecture, e.g. zfnet-small, zfnet, zfnet-small:no34")
     p.add_argument("--dataset", default=_S, help="fashion-mnist, cifar10 or an ImageFolder directory")
     p.add_argument("--data-dir", dest="data_dir", default=_S, help="where the named dataset lives")
-    p.add_argument("--out", default=_S, help="run directory (required)")
+    p.add_argument("--out", type=lambda text: str(out_dir(text)), default=_S, help="run directory (required)")
     p.add_argument("--epochs", type=int, default=_S, help="number of epochs (default 10)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=_S, help="global mini-batch (default 128)")
     p.add_argument("--lr", type=float, default=_S, help="initial learning rate (default 0.01)")
@@ -50,9 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="divide inputs by the training pixel std (unit variance). Default: on with --init "
                    "kaiming (He init assumes unit-variance inputs), off with the paper's 0..255 recipe")
     p.add_argument("--seed", type=int, default=_S, help="random seed (default 0)")
-    p.add_argument("--limit-train", dest="limit_train", type=int, default=_S, help="train on a fixed random N training images (all classes)")
-    p.add_argument("--limit-val", dest="limit_val", type=int, default=_S, help="validate on a fixed random N test images")
-    p.add_argument("--limit", dest="limit_train", type=int, default=_S, help="alias of --limit-train")
+    p.add_argument("--limit-train", dest="limit_train", type=positive_int, default=_S, metavar="N",
+                   help="train on a fixed random N training images (seeded; all classes)")
+    p.add_argument("--limit-val", dest="limit_val", type=positive_int, default=_S, metavar="N",
+                   help="validate on a fixed random N test images (seeded)")
     p.add_argument("--device", default=_S, help="auto (default: CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true", default=_S, help="CUDA: bf16/fp16 autocast")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=_S,
