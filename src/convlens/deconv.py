@@ -50,6 +50,7 @@ Two implementations, equal to float64 precision:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Sequence
@@ -332,6 +333,10 @@ def _check_generic(model: nn.Module, rule: str) -> None:
                          "or use rule='gradient'")
 
 
+class _Stop(Exception):
+    """Raised by the capture hook to end a forward pass at the target layer (its graph is kept)."""
+
+
 def _project_generic(
     model: nn.Module, images: torch.Tensor, layer: str, select: Selector, rule: str, unit_seed: str = "value",
     chunk: int = 32,
@@ -340,7 +345,18 @@ def _project_generic(
     target = get_module(model, name)
     _check_generic(model, rule)
     store: dict[str, torch.Tensor] = {}
-    handles = [target.register_forward_hook(lambda _m, _i, out: store.__setitem__("act", out))]
+    calls = [0]
+
+    def first(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+        store["act"] = out
+        calls[0] += 1
+
+    def capture(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+        store["act"] = out
+        if calls[0] == 1:  # the target runs once per forward: nothing after it matters, stop there
+            raise _Stop
+
+    handles = [target.register_forward_hook(first)]
     try:
         with torch.no_grad():
             model(images)
@@ -353,13 +369,14 @@ def _project_generic(
         handles[0].remove()
         handles = [m.register_forward_hook(hook) for m in model.modules()
                    if isinstance(m, (nn.ReLU, nn.ReLU6)) or (rule == "deconvnet" and isinstance(m, _LRN))]
-        handles.append(target.register_forward_hook(lambda _m, _i, out: store.__setitem__("act", out)))
+        handles.append(target.register_forward_hook(capture))
         img = torch.arange(n, device=images.device).repeat_interleave(k)
         flat_units = units.reshape(n * k, 3)
         out = torch.empty(n * k, *images.shape[1:], dtype=images.dtype, device=images.device)
         for s in range(0, n * k, chunk):
             x = images[img[s : s + chunk]].clone().requires_grad_(True)
-            model(x)
+            with contextlib.suppress(_Stop):
+                model(x)
             a = store.pop("act")
             seed = torch.zeros_like(a)
             idx = (torch.arange(len(x), device=a.device), *_unit_index(a, flat_units[s:s + chunk]))
