@@ -2,7 +2,7 @@
 uninterrupted run, bit for bit), a corpus of bad image files through mine/evaluate/transfer, the
 same command twice, one writer per output folder.
 
-The number of kills per command is ``CONVLENS_FAULT_KILLS`` (default 2, for CI); run e.g.
+The number of kills per command is ``CONVLENS_FAULT_KILLS`` (default 1, for CI); run e.g.
 ``CONVLENS_FAULT_KILLS=20 pytest tests/test_faults.py`` for the full figure.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from PIL import Image
 from conftest import make_image_folder
 from convlens.cli import main
 
-KILLS = int(os.environ.get("CONVLENS_FAULT_KILLS", "2"))
+KILLS = int(os.environ.get("CONVLENS_FAULT_KILLS", "1"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
                                       os.environ.get("PYTHONPATH", "")])}
