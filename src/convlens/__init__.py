@@ -22,7 +22,7 @@ _EXPORTS = {
     "TrainConfig": "train", "fit": "train", "renormalize_filters": "train", "evaluate": "evaluation",
     # deconvnet and receptive fields (Sec. 2.1, Fig. 1)
     "Projection": "deconv", "project_units": "deconv", "project_max": "deconv", "project_topk": "deconv",
-    "sanity_check": "deconv", "receptive_fields": "receptive_field", "unit_box": "receptive_field",
+    "sanity_check": "sanity", "receptive_fields": "receptive_field", "unit_box": "receptive_field",
     # top-9 and evolution (Fig. 2, Fig. 4)
     "TopKAccumulator": "topk", "TopActivations": "topk", "mine_top_activations": "topk", "unit_tiles": "topk",
     "feature_evolution": "evolution",

@@ -1,8 +1,10 @@
 """The ``convlens`` command line: parse -> call -> save, one subcommand per capability.
 
-Subcommands live in :mod:`convlens.commands` (one module each, discovered here). Errors that
-come from bad input (``ValueError``, ``FileNotFoundError``) print one ``error: ...`` line and
-exit with code 2; ``--debug`` re-raises them with the traceback.
+Subcommands live in :mod:`convlens.commands` (one module each, discovered here). Building the
+parser imports no torch: commands import the library inside their ``run``. Errors that come from
+bad input (``ValueError``, ``TypeError``, ``OSError`` such as a missing file, ``ImportError`` of an
+optional extra, ``RuntimeError`` from torch such as an input the model cannot take) print one
+``error: ...`` line and exit with code 2; ``--debug`` re-raises them with the traceback.
 """
 from __future__ import annotations
 
@@ -42,21 +44,40 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+EXPECTED_ERRORS = (ValueError, TypeError, OSError, ImportError, RuntimeError)
+
+
+def error_line(exc: BaseException) -> str:
+    """One ``error: ...`` line for an expected failure (multi-line messages are joined)."""
+    text = " ".join(part.strip() for part in str(exc).strip().splitlines() if part.strip())
+    if isinstance(exc, OSError) and exc.filename is not None and not text.startswith(("--", "checkpoint")):
+        text = f"{exc.strerror or text}: {exc.filename}"
+    if isinstance(exc, RuntimeError):
+        text += " (the model could not run on this input; --debug shows where)"
+    return f"error: {text or type(exc).__name__}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``convlens`` script. Returns the exit code."""
+    """Entry point of the ``convlens`` script. Returns the exit code (2 for bad input)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, already printed as one line)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     setup_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError, TypeError) as exc:
+    except EXPECTED_ERRORS as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

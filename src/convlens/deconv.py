@@ -50,8 +50,6 @@ Two implementations, equal to float64 precision:
 """
 from __future__ import annotations
 
-import copy
-import itertools
 import logging
 import warnings
 from collections.abc import Callable, Sequence
@@ -64,12 +62,12 @@ from torch import nn
 
 from .hooks import get_module
 from .receptive_field import receptive_fields
+from .rules import RULE_CHOICES, RULES, resolve_rule
 
-__all__ = ["RULES", "Projection", "SanityCheck", "project_max", "project_topk", "project_units", "sanity_check"]
+__all__ = ["RULES", "RULE_CHOICES", "Projection", "project_max", "project_topk", "project_units", "resolve_rule"]
 
 log = logging.getLogger(__name__)
 
-RULES = ("deconvnet", "guided", "gradient")
 _LRN = (nn.LocalResponseNorm, nn.CrossMapLRN2d)
 _OTHER_ACTIVATIONS = (nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish,
                       nn.Softplus)
@@ -117,7 +115,9 @@ def project_units(
         layer: ``conv1``..``conv5``, ``fc6``, ``fc7`` (rectified outputs) or any stage / module name.
         units: (N, K, 3) integer (channel, y, x) per image; fc layers use (channel, 0, 0).
             A (K, 3) tensor is used for every image.
-        rule: ``deconvnet`` (the paper), ``guided`` or ``gradient``.
+        rule: ``deconvnet`` (the paper), ``guided``, ``gradient``, or ``auto``
+            (:func:`convlens.rules.resolve_rule`: deconvnet where max-pool switches make it follow
+            the image, guided elsewhere); ``Projection.rule`` names the rule used.
 
     Returns:
         :class:`Projection` with ``images`` (N, K, 3, H, W).
@@ -212,8 +212,10 @@ def _top_units(act: torch.Tensor, chans: list[int], k: int, layer: str) -> torch
 def _project(
     model: nn.Module, images: torch.Tensor, layer: str, select: Selector, rule: str, unit_seed: str = "value"
 ) -> Projection:
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+    if rule not in RULE_CHOICES:
+        raise ValueError(f"rule must be one of {', '.join(RULE_CHOICES)}, got {rule!r}")
+    if rule == "auto":
+        rule, _ = resolve_rule(model, layer, rule)
     if images.dim() != 4:
         raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}; "
                          "add a batch dim with images[None]")
@@ -380,117 +382,10 @@ def _gather_values(act: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     return act[(img, *_unit_index(act, units.reshape(n * k, 3)))].reshape(n, k)
 
 
-# ---------------------------------------------------------------------------------------------
-# Sanity check (Adebayo et al. 2018)
+def __getattr__(name: str) -> Any:
+    """``deconv.sanity_check`` / ``deconv.SanityCheck`` moved to :mod:`convlens.sanity` (still importable here)."""
+    if name in ("sanity_check", "SanityCheck"):
+        from . import sanity
 
-
-@dataclass(frozen=True)
-class SanityCheck:
-    """Cascading weight randomization: how much a projection depends on the learned weights.
-
-    Attributes:
-        layers: the layer (or ``first..last`` group) re-drawn at each step; cumulative: after step
-            i all of layers[:i+1] are random.
-        spearman: (S, N, K) Spearman rank correlation of |projection| (summed over colour)
-            between the trained and the randomized model; near 1 = the map ignores the weights.
-        pearson: (S, N, K) Pearson correlation of the signed projections.
-        original: the projection with the trained weights.
-        randomized: (S, N, K, 3, H, W) the projections after each step.
-    """
-
-    layers: tuple[str, ...]
-    spearman: torch.Tensor
-    pearson: torch.Tensor
-    original: Projection
-    randomized: torch.Tensor
-
-    def to_dict(self) -> dict[str, object]:
-        return {"layers": list(self.layers), "spearman": self.spearman, "pearson": self.pearson,
-                "spearman_mean": [_mean(s) for s in self.spearman], "pearson_mean": [_mean(p) for p in self.pearson]}
-
-
-def _mean(t: torch.Tensor) -> float | None:
-    t = t[~t.isnan()]
-    return float(t.mean()) if t.numel() else None
-
-
-def _weighted_layers(model: nn.Module, layer: str) -> list[str]:
-    """Conv/linear modules the projection of ``layer`` depends on, from the top down."""
-    if hasattr(model, "stages"):
-        stop = model.resolve(layer)  # type: ignore[operator]
-        names = []
-        for name, m in model.stages():  # type: ignore[operator]
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                names.append(name)
-            if name == stop:
-                break
-        return names[::-1]
-    names = []
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            names.append(name)
-        if name == layer:
-            break
-    return names[::-1]
-
-
-def _correlations(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spearman of |maps| and Pearson of signed maps, per (N, K) item."""
-    def corr(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        u, v = u - u.mean(-1, keepdim=True), v - v.mean(-1, keepdim=True)
-        return (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1))  # nan for constant maps
-
-    def ranks(u: torch.Tensor) -> torch.Tensor:
-        """Ranks with ties averaged (sparse maps have many equal zeros; ordinal ranks would
-        correlate through the tie order alone)."""
-        u = u.double().contiguous()
-        ordered = u.sort(-1).values
-        lo = torch.searchsorted(ordered, u, right=False)
-        hi = torch.searchsorted(ordered, u, right=True)
-        return (lo + hi - 1).double() / 2
-
-    sa, sb = a.abs().sum(-3).flatten(-2), b.abs().sum(-3).flatten(-2)
-    return corr(ranks(sa), ranks(sb)), corr(a.flatten(-3).double(), b.flatten(-3).double())
-
-
-def sanity_check(
-    model: nn.Module, images: torch.Tensor, layer: str, units: torch.Tensor, *, rule: str = "deconvnet",
-    seed: int = 0, steps: int | None = 8,
-) -> SanityCheck:
-    """Adebayo et al. (2018) cascading randomization for the projections of ``units``.
-
-    Starting at ``layer`` and going down, each step re-draws one more conv/linear layer's weights
-    (normal, same std as the trained weights, biases kept) in a deep copy of the model (the
-    caller's model is never modified), projects the same units again (seeded with 1 rather than
-    their now different activation, so that silenced units still give a map), and compares.
-
-    Arguments as in :func:`project_units`; ``seed`` makes the randomization reproducible.
-    ``steps`` caps the number of steps for deep nets (mobilenet_v2 has 50+ convs): the layers are
-    then re-drawn in that many consecutive groups (``None``: one layer per step).
-
-    Example:
-        >>> sc = sanity_check(model, images, "conv5", torch.tensor([[42, 6, 6]]))
-        >>> sc.spearman.mean(dim=(1, 2))   # one score per step; low = depends on the weights
-    """
-    original = project_units(model, images, layer, units, rule=rule)
-    work = copy.deepcopy(model)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    names, maps, spear, pear = [], [], [], []
-    layers = _weighted_layers(work, layer)
-    n_steps = len(layers) if steps is None else max(1, min(steps, len(layers)))
-    bounds = [round(i * len(layers) / n_steps) for i in range(n_steps + 1)]
-    for group in (layers[a:b] for a, b in itertools.pairwise(bounds)):
-        for name in group:
-            weight: torch.Tensor = get_module(work, name).weight  # type: ignore[assignment]
-            with torch.no_grad():
-                noise = torch.randn(weight.shape, generator=gen, dtype=torch.float64)
-                weight.copy_((noise * weight.double().std()).to(weight))
-        name = group[0] if len(group) == 1 else f"{group[0]}..{group[-1]}"
-        # seeded with 1 (not the activation): a unit silenced by random weights still gets a map
-        proj = _project(work, images, layer, lambda act: original.units, rule, "one")
-        s, p = _correlations(original.images, proj.images)
-        names.append(name)
-        maps.append(proj.images)
-        spear.append(s)
-        pear.append(p)
-    return SanityCheck(tuple(names), torch.stack(spear), torch.stack(pear), original, torch.stack(maps))
+        return getattr(sanity, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,9 @@ All functions take float tensors (any device; results are on the input's device 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,12 +17,17 @@ import torch.nn.functional as F
 __all__ = [
     "colorize",
     "crop_box",
+    "fit_text",
+    "hstack",
     "make_grid",
     "normalize_for_display",
     "overlay_heatmap",
     "pad_to",
+    "resize_tile",
+    "text_block",
     "to_uint8",
     "upscale_nearest",
+    "vstack",
 ]
 
 
@@ -152,3 +160,102 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
     if arr.dim() == 3:
         arr = arr.permute(1, 2, 0)
     return np.ascontiguousarray(arr.numpy())
+
+
+# ----------------------------------------------------------------------------- labels (text drawn with PIL)
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 ships a scalable font
+    except TypeError:  # older Pillow: fixed bitmap font
+        return ImageFont.load_default()
+
+
+def fit_text(text: str, width: int, size: int = 11) -> str:
+    """``text`` shortened with an ellipsis so that it fits ``width`` pixels at font ``size``."""
+    font = _font(size)
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "\u2026") > width:
+        text = text[:-1]
+    return text + "\u2026" if text else ""
+
+
+def _wrap(line: str, width: int, size: int) -> list[str]:
+    font, out, cur = _font(size), [], ""
+    for word in line.split(" "):
+        if cur and font.getlength(f"{cur} {word}") > width:
+            out.append(cur)
+            cur = word
+        else:
+            cur = f"{cur} {word}" if cur else word
+    return [*out, cur]
+
+
+def text_block(lines: Sequence[str], width: int, *, size: int = 11, pad: int = 2, bold: bool = False,
+               wrap: bool = False) -> torch.Tensor:
+    """A white (3, h, width) image with ``lines`` of black text, each cut to fit ``width``
+    (``wrap``: broken at spaces onto further lines instead).
+
+    Example:
+        >>> title = text_block(["features.3 map 7", "rule: guided"], 300)
+        >>> figure = vstack([title, grid])
+    """
+    from PIL import Image, ImageDraw
+
+    font = _font(size)
+    if wrap:
+        lines = [part for line in lines for part in _wrap(str(line), width - 2 * pad, size)]
+    line_h = size + 3
+    h = pad * 2 + line_h * max(1, len(lines))
+    img = Image.new("RGB", (max(1, width), h), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for i, line in enumerate(lines):
+        text = fit_text(str(line), width - 2 * pad, size)
+        xy = (pad, pad + i * line_h)
+        draw.text(xy, text, fill=(0, 0, 0), font=font)
+        if bold:
+            draw.text((xy[0] + 1, xy[1]), text, fill=(0, 0, 0), font=font)
+    arr = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
+    return arr
+
+
+def vstack(images: Sequence[torch.Tensor], *, pad: int = 0, value: float = 1.0) -> torch.Tensor:
+    """Stack (3, h_i, w_i) images top to bottom, left-aligned on a ``value`` background."""
+    w = max(im.shape[-1] for im in images)
+    h = sum(im.shape[-2] for im in images) + pad * (len(images) - 1)
+    out = images[0].new_full((3, h, w), float(value))
+    y = 0
+    for im in images:
+        out[:, y:y + im.shape[-2], :im.shape[-1]] = im
+        y += im.shape[-2] + pad
+    return out
+
+
+def hstack(images: Sequence[torch.Tensor], *, pad: int = 0, value: float = 1.0) -> torch.Tensor:
+    """Place (3, h_i, w_i) images left to right, top-aligned on a ``value`` background."""
+    h = max(im.shape[-2] for im in images)
+    w = sum(im.shape[-1] for im in images) + pad * (len(images) - 1)
+    out = images[0].new_full((3, h, w), float(value))
+    x = 0
+    for im in images:
+        out[:, :im.shape[-2], x:x + im.shape[-1]] = im
+        x += im.shape[-1] + pad
+    return out
+
+
+def resize_tile(img: torch.Tensor, side: int) -> torch.Tensor:
+    """(..., 3, S, S) -> (..., 3, side, side): nearest-neighbour up (pixels stay visible), area down."""
+    s = img.shape[-1]
+    if s == side:
+        return img
+    flat = img.reshape(-1, *img.shape[-3:]).float()
+    if side % s == 0:
+        out = upscale_nearest(flat, side // s)
+    elif s < side:
+        out = F.interpolate(flat, size=(side, side), mode="nearest")
+    else:
+        out = F.interpolate(flat, size=(side, side), mode="area")
+    return out.reshape(*img.shape[:-2], side, side)

@@ -1,17 +1,21 @@
-"""``convlens project``: deconvnet projections of one feature map's strongest units in an image
+"""``convlens project``: projections of one feature map's strongest units in an image
 (Sec. 2.1, Fig. 1; the panels of Fig. 2 for a single image).
+
+``--rule auto`` (default) uses the paper's deconvnet where max-pool switches make it follow the
+image and guided backprop elsewhere (:func:`convlens.rules.resolve_rule`); the rule and the reason
+are printed and stored in ``result.json`` (``data.rule``, ``data.rule_reason``).
 
 Writes into ``--out``: ``image.png`` (the input), ``projection.png`` (the strongest unit's
 projection, contrast-normalized), ``projection_rf.png`` (the same cropped to the unit's receptive
 field), ``patch.png`` (the image inside that field), ``grid.png`` (all ``--top`` units: cropped
 projections on the left, image patches on the right, strongest first), with ``--sanity`` also
-``sanity.png`` (rows: trained, then each cascading randomization step) and ``result.json``
+``sanity.png`` (rows: trained, then each cascading randomization step, labelled with their
+scores, which are also printed) and ``result.json``
 (kind ``project``: units, activation values, boxes, sanity scores).
 """
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "such as features.14.conv.0.2 (torchvision models). Default conv5")
     p.add_argument("--channel", type=int, default=None, help="feature map (default: the strongest in the image)")
     p.add_argument("--top", type=int, default=9, help="number of strongest positions to project (default 9)")
-    p.add_argument("--rule", choices=("deconvnet", "guided", "gradient"), default="deconvnet")
+    p.add_argument("--rule", choices=("auto", "deconvnet", "guided", "gradient"), default="auto",
+                   help="projection rule (default auto: the paper's deconvnet where max-pool switches make it "
+                   "follow the image, guided backprop elsewhere; the choice and its reason are printed)")
     p.add_argument("--sanity", action="store_true",
                    help="also run the cascading weight-randomization sanity check (Adebayo et al. 2018)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sanity check's random weights")
@@ -66,55 +72,45 @@ def _strongest_channel(model: torch.nn.Module, x: torch.Tensor, layer: str) -> i
     return int((act.flatten(1).amax(1) if act.dim() == 3 else act).argmax())
 
 
-def _crops(proj: Any, image01: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per unit: the RF crop of its (contrast-normalized) projection, and the image patch."""
-    from ..viz import crop_box, normalize_for_display
+def _crops(proj: Any, image01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per unit: its projection and the image, both cropped to the unit's receptive field and padded
+    to one side (K, 3, S, S); the projections contrast-normalized."""
+    from ..viz import crop_box, normalize_for_display, pad_to
 
-    crops, patches = [], []
-    for k in range(proj.images.shape[1]):
-        box = proj.boxes[0, k].tolist()
-        crops.append(normalize_for_display(crop_box(proj.images[0, k], box)))
-        patches.append(crop_box(image01, box))
-    return crops, patches
-
-
-def _tile(images: list[torch.Tensor], nrow: int, side: int) -> torch.Tensor:
-    from ..viz import make_grid, pad_to
-
-    return make_grid(torch.stack([pad_to(im, side, side) for im in images]), nrow=nrow)
+    boxes = proj.boxes[0].tolist()
+    side = max(max(b[2] - b[0], b[3] - b[1]) for b in boxes)
+    crops = [pad_to(normalize_for_display(crop_box(proj.images[0, k], b)), side, side) for k, b in enumerate(boxes)]
+    patches = [pad_to(crop_box(image01, b), side, side) for b in boxes]
+    return torch.stack(crops), torch.stack(patches)
 
 
-def _grid(crops: list[torch.Tensor], patches: list[torch.Tensor]) -> torch.Tensor:
-    """Projections (left) and patches (right), each as a sqrt(K)-wide block, as in Fig. 2."""
-    from ..viz import upscale_nearest
+def _grid(proj: Any, crops: torch.Tensor, patches: torch.Tensor, image: str) -> torch.Tensor:
+    """Projections (left) and patches (right), each as a sqrt(K)-wide block, labelled, as in Fig. 2."""
+    from ..fig2 import map_block, value_caption
+    from ..viz import resize_tile
 
-    side = max(max(c.shape[-2:]) for c in crops)
-    nrow = math.ceil(math.sqrt(len(crops)))
-    left, right = _tile(crops, nrow, side), _tile(patches, nrow, side)
-    gap = left.new_ones(3, left.shape[1], 6)
-    grid = torch.cat([left, gap, right], dim=2)
-    return upscale_nearest(grid, max(1, 128 // side))
+    tile = max(64, min(128, crops.shape[-1]))
+    units = proj.units[0].tolist()
+    header = [f"{proj.layer} map {units[0][0]}: top-{len(units)} positions in {image}",
+              f"rule: {proj.rule}; left: projections (activation), right: image patches (y, x)"]
+    return map_block(resize_tile(crops, tile), resize_tile(patches, tile), header,
+                     [value_caption(float(v)) for v in proj.values[0]], [f"({y}, {x})" for _, y, x in units])
 
 
 def _sanity(model: torch.nn.Module, x: torch.Tensor, proj: Any, args: argparse.Namespace, out: Path) -> dict:
     from ..artifacts import save_png
-    from ..deconv import sanity_check
-    from ..viz import crop_box, make_grid, normalize_for_display, pad_to, upscale_nearest
+    from ..sanity import sanity_check, sanity_figure
 
     k = min(proj.units.shape[1], 5)
-    sc = sanity_check(model, x, args.layer, proj.units[:, :k], rule=args.rule, seed=args.seed)
-    side = max(max(b[2] - b[0], b[3] - b[1]) for b in proj.boxes[0, :k].tolist())
-    rows = [proj.images[0, :k]] + [r[0] for r in sc.randomized]
-    tiles = [pad_to(normalize_for_display(crop_box(img, proj.boxes[0, j].tolist())), side, side)
-             for r in rows for j, img in enumerate(r)]
-    save_png(upscale_nearest(make_grid(torch.stack(tiles), nrow=k), max(1, 96 // side)), out / "sanity.png")
+    sc = sanity_check(model, x, args.layer, proj.units[:, :k], rule=proj.rule, seed=args.seed)
+    save_png(sanity_figure(sc), out / "sanity.png")
     d = sc.to_dict()
     return {"layers": d["layers"], "spearman_mean": d["spearman_mean"], "pearson_mean": d["pearson_mean"], "units": k}
 
 
 def run(args: argparse.Namespace) -> int:
     from ..artifacts import save_png, write_result
-    from ..deconv import project_topk
+    from ..deconv import project_topk, resolve_rule
 
     if args.top < 1:
         raise ValueError(f"--top must be >= 1, got {args.top}")
@@ -124,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
     model = loaded.model
     x = loaded.preprocessing.load(args.image).to(device)[None]  # (1, 3, H, W)
     channel = args.channel if args.channel is not None else _strongest_channel(model, x, args.layer)
-    proj = project_topk(model, x, args.layer, channel, k=args.top, rule=args.rule)
+    rule, reason = resolve_rule(model, args.layer, args.rule)
+    print(f"rule: {rule} ({reason})")
+    proj = project_topk(model, x, args.layer, channel, k=args.top, rule=rule)
     image01 = loaded.preprocessing.denormalize(x[0]).cpu()
     proj = type(proj)(proj.images.cpu(), proj.values.cpu(), proj.units.cpu(), proj.boxes.cpu(), proj.layer, proj.rule)
 
@@ -133,15 +131,16 @@ def run(args: argparse.Namespace) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     crops, patches = _crops(proj, image01)
+    b = proj.boxes[0, 0].tolist()
     save_png(image01, out / "image.png")
     save_png(normalize_for_display(proj.images[0, 0]), out / "projection.png")
-    save_png(crops[0], out / "projection_rf.png")
-    save_png(patches[0], out / "patch.png")
-    save_png(_grid(crops, patches), out / "grid.png")
+    save_png(normalize_for_display(proj.images[0, 0, :, b[0]:b[2], b[1]:b[3]]), out / "projection_rf.png")
+    save_png(image01[:, b[0]:b[2], b[1]:b[3]], out / "patch.png")
+    save_png(_grid(proj, crops, patches, Path(args.image).name), out / "grid.png")
     unit = f"{args.layer}:{channel}"
     figures = [
         {"path": "grid.png", "group": unit, "caption": f"{unit}: top-{args.top} activations in the image; left: "
-         f"{args.rule} projections cropped to the receptive field, right: the image patches"},
+         f"{rule} projections cropped to the receptive field, right: the image patches"},
         {"path": "projection.png", "group": unit, "caption": f"{unit}: projection of the strongest activation"},
         {"path": "projection_rf.png", "group": unit, "caption": "the same, cropped to its receptive field"},
         {"path": "patch.png", "group": unit, "caption": "the image inside that receptive field"},
@@ -151,12 +150,17 @@ def run(args: argparse.Namespace) -> int:
             for k in range(proj.units.shape[1])]
     tables = [{"title": f"{unit}: projected units", "columns": ["rank", "channel", "y", "x", "activation", "box"],
                "rows": rows}]
-    data: dict[str, Any] = {"layer": args.layer, "channel": channel, "rule": args.rule, "image": str(args.image),
+    data: dict[str, Any] = {"layer": args.layer, "channel": channel, "rule": rule, "rule_reason": reason,
+                            "rule_requested": args.rule, "image": str(args.image),
                             "units": proj.units[0], "values": proj.values[0], "boxes": proj.boxes[0]}
     if args.sanity:
         data["sanity"] = s = _sanity(model, x, proj, args, out)
         figures.append({"path": "sanity.png", "group": unit, "caption": "sanity check: trained projections (top "
                         "row), then with the weights of " + ", ".join(s["layers"]) + " re-drawn one by one"})
+        print("sanity check (Adebayo et al. 2018), similarity to the trained projection:")
+        print(f"  {'randomized down to':<40} {'Spearman |map|':>15} {'Pearson':>8}")
+        for n, a, c in zip(s["layers"], s["spearman_mean"], s["pearson_mean"], strict=True):
+            print(f"  {n:<40} {_fmt(a):>15} {_fmt(c):>8}")
         tables.append({"title": "Sanity check (Adebayo et al. 2018): similarity to the trained projection",
                        "columns": ["randomized down to", "Spearman |map|", "Pearson"],
                        "rows": [[n, _fmt(a), _fmt(b)] for n, a, b in zip(s["layers"], s["spearman_mean"],
@@ -164,8 +168,8 @@ def run(args: argparse.Namespace) -> int:
     params = {"checkpoint": args.checkpoint, "arch": args.arch or loaded.arch, "weights": args.weights,
               "image": str(args.image), "layer": args.layer, "channel": channel, "top": args.top, "rule": args.rule,
               "sanity": args.sanity, "seed": args.seed}
-    summary = (f"{args.rule} projections of the {args.top} strongest activations of {unit} in {Path(args.image).name}"
-               f" (strongest {float(proj.values[0, 0]):.3g}), cropped to their receptive fields")
+    summary = (f"{rule} projections of the {args.top} strongest activations of {unit} in {Path(args.image).name}"
+               f" (strongest {float(proj.values[0, 0]):.3g}), cropped to their receptive fields; rule {rule}: {reason}")
     write_result(out, "project", title="Deconvnet projections (Sec. 2.1, Fig. 1)", summary=summary, params=params,
                  figures=figures, tables=tables, data=data)
     print(f"{unit}: top-{args.top} activations {', '.join(f'{v:.3g}' for v in proj.values[0].tolist())}")

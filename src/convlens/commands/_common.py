@@ -1,0 +1,248 @@
+"""Flag groups every command shares, written once: the model, the dataset, the device, the output folder.
+
+Nothing here imports torch at module level: building the CLI (``convlens --help``) stays fast.
+
+- :func:`add_model_args` / :func:`load_model_from_args`: ``--checkpoint C`` or ``--arch SPEC``
+  (``torchvision:NAME``, ``timm:NAME``, ``file.py:factory``, ``module:factory``, a convlens
+  architecture) with ``--weights``, ``--normalize``, ``--input-size``, ``--classes``.
+- :func:`add_dataset_args` / :func:`open_dataset_from_args`: ``--dataset``, ``--data-dir``,
+  ``--split``, ``--limit`` (always: N images spread evenly over the split, so every class of a
+  class-sorted folder is kept; no randomness), ``--batch-size``, ``--workers``.
+- :func:`add_device_arg`: ``--device`` (default ``auto``), resolved by :func:`convlens.device.resolve_device`.
+- :func:`add_out_arg`: ``--out`` (a folder; an existing *file* there is refused while parsing).
+- :func:`parse_layers` / :func:`default_layers`: ``--layers`` checked against the model, and
+  defaults that fit the model (never ``conv5`` on a model without it).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..data import TransformedDataset
+    from ..loading import Loaded
+
+__all__ = ["add_dataset_args", "add_device_arg", "add_model_args", "add_out_arg", "default_layers",
+           "load_model_from_args", "model_spec", "open_dataset_from_args", "out_dir", "parse_layers",
+           "positive_int", "resolve_device_arg"]
+
+SPEC_FORMS = ("torchvision:NAME, timm:NAME, path/to/file.py:factory, package.module:factory "
+              "or a convlens architecture (zfnet, zfnet-small, ...)")
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type``: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def out_dir(text: str) -> Path:
+    """argparse ``type`` of ``--out``: a folder path (it may exist; an existing file is refused)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is an existing file; expected a folder (new or existing): "
+                                         "give another path")
+    return path
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def add_model_args(p: argparse.ArgumentParser, *, required: bool = True, multiple: bool = False) -> None:
+    """``--checkpoint`` | ``--arch`` (+ ``--weights``, ``--normalize``, ``--input-size``, ``--classes``).
+
+    ``required=False``: the command has its own default model (e.g. a run's last checkpoint).
+    ``multiple=True``: ``--checkpoint`` takes several files (ensembles).
+    """
+    from ..model_meta import NORMALIZE_HELP
+
+    g = p.add_argument_group("model", "a convlens checkpoint (--checkpoint), or any model spec (--arch) with "
+                                      "optional --weights; see 'Model specs' in the README")
+    g.add_argument("--checkpoint", nargs="+" if multiple else None, default=None, metavar="FILE",
+                   help="convlens checkpoint file" + ("(s)" if multiple else "") + " (from convlens train)")
+    g.add_argument("--arch", default=None, metavar="SPEC", help=f"instead of --checkpoint: {SPEC_FORMS}")
+    g.add_argument("--weights", default=None, metavar="FILE",
+                   help="state_dict for --arch: a .pt (torch.save(model.state_dict())) or .safetensors file")
+    g.add_argument("--normalize", default=None, metavar="NORM",
+                   help=f"input normalization: {NORMALIZE_HELP} (default: meta.json beside the weights, else the "
+                        "checkpoint's / the model's, else imagenet)")
+    g.add_argument("--input-size", type=positive_int, default=None, metavar="PX",
+                   help="network input side in pixels (default: meta.json, else the model's, else 224)")
+    g.add_argument("--classes", default=None, metavar="FILE",
+                   help="class names, one per line in output order (default: meta.json / classes.txt beside the "
+                        "weights, else the checkpoint's, else indices)")
+    p.set_defaults(_model_required=required)
+
+
+def model_spec(args: argparse.Namespace) -> str | None:
+    """The one model spec the flags name (None when optional and absent).
+
+    Raises:
+        ValueError: both or (when required) neither of --checkpoint and --arch; --weights with --checkpoint.
+    """
+    ckpt, arch = getattr(args, "checkpoint", None), getattr(args, "arch", None)
+    if isinstance(ckpt, list):
+        ckpt = ckpt[0] if len(ckpt) == 1 else ckpt
+    if ckpt is not None and arch is not None:
+        raise ValueError("--checkpoint and --arch both given; expected one of them: --checkpoint FILE (a convlens "
+                         "checkpoint) or --arch SPEC [--weights FILE]")
+    if ckpt is None and arch is None:
+        if getattr(args, "_model_required", True):
+            raise ValueError(f"no model given; expected --checkpoint FILE (a convlens checkpoint) or --arch SPEC "
+                             f"({SPEC_FORMS}) [--weights FILE]")
+        return None
+    if arch is None and getattr(args, "weights", None) is not None:
+        raise ValueError("--weights goes with --arch SPEC (the architecture they fit), not with --checkpoint; "
+                         "e.g. --arch torchvision:resnet18 --weights FILE")
+    return str(arch if arch is not None else ckpt)
+
+
+def load_model_from_args(args: argparse.Namespace, device: torch.device | str = "cpu",
+                         spec: str | None = None) -> Loaded:
+    """:func:`convlens.loading.load_model` with the model flags (``spec`` overrides the spec they name)."""
+    from ..loading import load_model
+
+    spec = spec if spec is not None else model_spec(args)
+    if spec is None:
+        raise ValueError("no model given; expected --checkpoint FILE or --arch SPEC [--weights FILE]")
+    return load_model(spec, weights=getattr(args, "weights", None) if getattr(args, "arch", None) else None,
+                      normalize=getattr(args, "normalize", None), input_size=getattr(args, "input_size", None),
+                      classes=getattr(args, "classes", None), map_location=device)
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+def add_dataset_args(p: argparse.ArgumentParser, *, required: bool = True, split: str = "test",
+                     limit: int | None = None, batch_size: int = 64, workers: int = 0) -> None:
+    """``--dataset``, ``--data-dir``, ``--split``, ``--limit``, ``--batch-size``, ``--workers``."""
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", required=required, default=None,
+                   help="fashion-mnist, cifar10, or an ImageFolder directory (one sub-folder per class)")
+    g.add_argument("--data-dir", default=None, help="where a named dataset lives (cifar10: DIR/train, DIR/test)")
+    g.add_argument("--split", default=split, choices=("train", "test", "val"), help=f"split to read (default {split})")
+    g.add_argument("--limit", type=positive_int, default=limit, metavar="N",
+                   help="use N images spread evenly over the split (every class of a sorted folder) "
+                        f"(default {'all' if limit is None else limit})")
+    g.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"default {batch_size}")
+    g.add_argument("--workers", type=int, default=workers, help=f"DataLoader worker processes (default {workers})")
+
+
+def open_dataset_from_args(args: argparse.Namespace, loaded: Loaded, *, mode: str = "eval",
+                           split: str | None = None) -> TransformedDataset:
+    """The dataset the flags name, through the model's preprocessing; checks that its labels fit the model.
+
+    Raises:
+        ValueError: an empty dataset, or more classes than the model has outputs.
+    """
+    from ..data import open_dataset
+
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    ds = open_dataset(args.dataset, split or args.split, loaded.preprocessing, data_dir=args.data_dir, mode=mode,
+                      limit=args.limit)
+    if len(ds) == 0:
+        raise ValueError(f"--dataset {args.dataset}: no images in its {split or args.split} split")
+    outputs = len(loaded.class_names)
+    if ds.classes and outputs and len(ds.classes) > outputs:
+        raise ValueError(f"--dataset {args.dataset} has {len(ds.classes)} classes but the model ({loaded.arch}) has "
+                         f"{outputs} outputs; give a dataset with at most {outputs} classes, or a model trained on it")
+    return ds
+
+
+# ----------------------------------------------------------------------------- device and output
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    """``--device`` (default ``auto``: CUDA when available, else CPU)."""
+    p.add_argument("--device", default="auto",
+                   help="auto (default: CUDA when available, else CPU), cpu, cuda, cuda:N or mps")
+
+
+def resolve_device_arg(args: argparse.Namespace) -> torch.device:
+    """``--device`` as a ``torch.device`` (ValueError naming the fix when it is not available)."""
+    from ..device import resolve_device
+
+    return resolve_device(getattr(args, "device", "auto"))
+
+
+def add_out_arg(p: argparse.ArgumentParser, *, required: bool = True, help: str = "output folder") -> None:
+    """``--out DIR`` (an existing file is refused while parsing)."""
+    p.add_argument("--out", type=out_dir, required=required, default=None, metavar="DIR", help=help)
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def parse_layers(text: str | None, loaded: Loaded, *, flag: str = "--layers", default: int | None = None) -> list[str]:
+    """Comma-separated layer names checked against the model; ``None`` -> :func:`default_layers`.
+
+    Raises:
+        ValueError: an empty list or an unknown name (with the closest names).
+    """
+    from ..hooks import get_module
+
+    if text is None:
+        return default_layers(loaded, default)
+    layers = [s.strip() for s in text.split(",") if s.strip()]
+    if not layers:
+        raise ValueError(f"{flag} is empty; expected comma-separated layer names (see 'convlens summary')")
+    model = loaded.model
+    resolve = getattr(model, "resolve", None)
+    for layer in layers:
+        try:
+            get_module(model, resolve(layer) if resolve else layer)
+        except ValueError as exc:
+            raise ValueError(f"{flag}: {exc}") from None
+    return layers
+
+
+def default_layers(loaded: Loaded, count: int | None = None) -> list[str]:
+    """Layers that fit the model: ``convlens.layers.default_layers`` when present, else conv1..conv5 of a
+    ConvNet, else a few evenly spaced spatial blocks. ``count`` keeps the last ``count`` of them."""
+    try:
+        from ..layers import default_layers as library_default  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        library_default = _fallback_default_layers
+    names = list(library_default(loaded.model, loaded.input_size))
+    return names[-count:] if count else names
+
+
+def _fallback_default_layers(model: Any, input_size: int) -> list[str]:
+    import torch
+
+    if hasattr(model, "layer_names"):
+        return [n for n in model.layer_names if n.startswith("conv")]
+    shapes: dict[str, int] = {}
+    handles = []
+    for name, m in model.named_modules():
+        if name:
+            handles.append(m.register_forward_hook(
+                lambda _m, _i, out, key=name: shapes.__setitem__(key, out.dim()) if torch.is_tensor(out) else None))
+    was = model.training
+    try:
+        model.eval()
+        p = next(model.parameters(), None)
+        with torch.no_grad():
+            model(torch.zeros(1, 3, input_size, input_size, device=p.device if p is not None else "cpu"))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    spatial = [n for n, d in shapes.items() if d == 4]
+    for depth in range(1, 6):
+        level = [n for n in spatial if n.count(".") == depth - 1]
+        if len(level) >= 4:
+            idx = sorted({round(i * (len(level) - 1) / 4) for i in range(1, 5)})
+            return [level[i] for i in idx]
+    if not spatial:
+        raise ValueError("the model has no layer with spatial (N, C, H, W) output; give --layers")
+    return spatial[-4:]

@@ -1,0 +1,53 @@
+"""Fig. 2 on torchvision CNNs: the default rule follows the image, rule resolution, labelled figures."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from convlens.deconv import project_units
+from convlens.hooks import record_activations
+from convlens.rules import resolve_rule
+
+
+def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten().double(), b.flatten().double()
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
+@pytest.mark.parametrize(("arch", "layer", "expected"), [
+    ("resnet18", "layer1", "deconvnet"), ("resnet18", "layer2", "guided"), ("vgg11", "features.8", "deconvnet"),
+    ("mobilenet_v2", "features.6", "guided"),
+])
+def test_default_rule_projections_follow_the_image(arch, layer, expected):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(num_classes=10).eval()
+    rule, reason = resolve_rule(model, layer, "auto")
+    assert rule == expected and layer in reason
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), record_activations(model, [layer]) as acts:
+        model(x)
+    act = acts[layer]
+    live = act.min(0).values  # the unit live in both images, as strong as possible in the weaker one
+    c, y, xx = (int(v) for v in torch.unravel_index(live.argmax(), live.shape))
+    assert float(live[c, y, xx]) > 0
+    proj = project_units(model, x, layer, torch.tensor([[c, y, xx]]), rule="auto")
+    assert proj.rule == expected
+    a, b = proj.images[0, 0], proj.images[1, 0]
+    assert a.abs().sum() > 0 and b.abs().sum() > 0
+    assert _corr(a, b) < 0.9, f"{arch} {layer} {rule}: the projection barely depends on the image"
+    # deconvnet where the rule is image-blind gives (nearly) the same map: what auto avoids
+    if "no max pooling" in reason:
+        blind = project_units(model, x, layer, torch.tensor([[c, y, xx]]), rule="deconvnet").images
+        assert _corr(blind[0, 0], blind[1, 0]) > 0.99
+
+
+def test_resolve_rule_explicit_and_errors():
+    model = torchvision.models.mobilenet_v2(num_classes=10)
+    assert resolve_rule(model, "features.3", "gradient") == ("gradient", "requested")
+    assert resolve_rule(model, "features.0", "auto")[0] == "deconvnet"  # first conv: all rules agree
+    with pytest.raises(ValueError, match="rule must be one of"):
+        resolve_rule(model, "features.3", "lrp")
+    with pytest.raises(ValueError, match="features"):
+        resolve_rule(model, "featurs.3", "auto")
