@@ -167,3 +167,22 @@ def test_ssim():
     assert ssim(a, a + 0.5 * torch.rand(40, 40)) < 0.9
     with pytest.raises(ValueError, match="threshold"):
         Approximation(threshold=0)
+
+
+def test_tf_same_padding_hooks(mobilenet_v2):
+    """convlens's TF "SAME" padding pre-hook (asymmetric padding) is understood; other hooks end the prefix."""
+    import copy
+
+    from convlens.checkpoint import use_tf_same_padding
+
+    model = use_tf_same_padding(copy.deepcopy(mobilenet_v2))
+    image = torch.randn(3, 48, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    occ = occlusion_map(model, image, window=9, stride=8, layer="features.6", batch_size=7)
+    probs, act = naive(model, image, 9, 8, 0.0, "features.6", occ.channel)
+    torch.testing.assert_close(occ.probs, probs, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(occ.feature_activity, act, rtol=1e-9, atol=1e-9)
+    assert occ.target_prob.std() > 1e-3
+    model.features[3].conv[0][0].register_forward_hook(lambda _m, _i, out: out * 2)
+    plan = IncrementalPlan(model, image[None], "features.6", 0.0, 9)
+    kinds = {str(n.target): k for n, k in plan.kind.items()}
+    assert kinds["features.2.conv.1.0"][3] == 0 and kinds["features.3.conv.0.0"] is None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["IncrementalPlan", "gather_patch", "plan_axis"]
+__all__ = ["IncrementalPlan", "classify", "gather_patch", "is_local", "output_node", "plan_axis"]
 
 Axis = tuple[Tensor, Tensor, Tensor, int]  # (lo, hi, box start, box length): changed [lo, hi) inside the box
 
@@ -119,6 +120,60 @@ def _window(m: nn.Module) -> tuple[str, int, int, int, int] | None:
     return None
 
 
+def classify(node: fx.Node, kinds: dict[fx.Node, Any], modules: dict[str, nn.Module],
+             hooked: Callable[[fx.Node, nn.Module, Any], Any] | None = None) -> Any:
+    """Local operation of ``node`` (a tuple) or None when it is global / after a global one.
+    A module with hooks is global unless ``hooked`` says otherwise."""
+    if node.op == "placeholder":
+        return ("input",)
+    inputs = node.all_input_nodes
+    if not inputs or any(kinds.get(a) is None for a in inputs):
+        return None
+    if node.op == "call_module":
+        m = modules[node.target]  # type: ignore[index]
+        if len(node.args) != 1 or node.kwargs:
+            return None
+        win = _window(m)
+        if m._forward_hooks or m._forward_pre_hooks:
+            return hooked(node, m, win) if hooked is not None else None
+        if win is not None:
+            return win
+        return ("point",) if isinstance(m, _POINT_MODULES) else None
+    unary = len(inputs) == 1 and node.args and node.args[0] is inputs[0]
+    if node.op == "call_function" and node.target in _POINT_FUNCS and unary:
+        return ("point",)
+    if node.op == "call_method" and node.target in _POINT_METHODS and unary:
+        return ("point",)
+    if node.op == "call_function" and node.target in _BINARY and len(node.args) == 2 and not node.kwargs:
+        if len(inputs) == 1:
+            return ("point",) if isinstance(node.args[1 - node.args.index(inputs[0])], (int, float)) else None
+        return ("binary",)
+    return None
+
+
+def output_node(nodes: list[fx.Node], layer: str) -> fx.Node | None:
+    """The node giving ``layer``'s output: the module's (last) call, or the last node inside a container."""
+    found = [n for n in nodes if n.op == "call_module" and n.target == layer]
+    if not found:
+        found = [n for n in nodes if layer in n.meta.get("nn_module_stack", {})]
+    return found[-1] if found else None
+
+
+def is_local(model: nn.Module, layer: str) -> bool:
+    """Whether ``layer``'s output depends on the input only through local operations (then a unit
+    depends only on the input inside its receptive field). False when fx cannot trace the model."""
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:
+        return False
+    nodes, modules = list(gm.graph.nodes), dict(gm.named_modules())
+    kinds: dict[fx.Node, Any] = {}
+    for node in nodes:
+        kinds[node] = classify(node, kinds, modules)
+    node = output_node(nodes, layer)
+    return node is not None and kinds[node] is not None
+
+
 class IncrementalPlan:
     """The traced model, its local prefix, and the clean image's activations of every node.
 
@@ -136,10 +191,11 @@ class IncrementalPlan:
         self.fill = torch.as_tensor(fill, dtype=image.dtype, device=image.device).reshape(1, -1, 1, 1)
         self.layer_node = self._find(layer)
         self.kind: dict[fx.Node, Any] = {}
-        for node in self.nodes:
-            self.kind[node] = self._classify(node)
+        self.full_pad: dict[fx.Node, tuple[int, int, int, int]] = {}  # TF "SAME" convs: F.pad before the conv
         clean = self.evaluate(image)
         self.clean = clean
+        for node in self.nodes:
+            self.kind[node] = self._classify(node)
         self.logits0 = clean[self.nodes[-1].args[0]]  # type: ignore[index]
         self.act0 = clean[self.layer_node]
         self.weights: dict[fx.Node, Tensor] = {}
@@ -180,39 +236,29 @@ class IncrementalPlan:
     # ------------------------------------------------------------------ graph analysis
 
     def _find(self, layer: str) -> fx.Node:
-        """The node giving ``layer``'s output: the module's (last) call, or the last node inside a container."""
-        found = [n for n in self.nodes if n.op == "call_module" and n.target == layer]
-        if not found:
-            found = [n for n in self.nodes if layer in n.meta.get("nn_module_stack", {})]
-        if not found:
+        node = output_node(self.nodes, layer)
+        if node is None:
             raise ValueError(f"layer {layer!r} is not a module of the traced graph")
-        return found[-1]
+        return node
+
+    def _same_pad(self, node: fx.Node, m: nn.Module, win: Any) -> Any:
+        """A conv whose only hook is convlens's TF "SAME" padding: asymmetric padding, known from the
+        input size. Any other hook may change anything: the node is treated as global."""
+        from .checkpoint import _same_pad
+
+        hooks = list(m._forward_pre_hooks.values())
+        if m._forward_hooks or hooks != [_same_pad] or win is None or win[3] != 0:
+            return None
+        h, w = self.clean[node.all_input_nodes[0]].shape[-2:]
+        (kh, kw), (sh, sw) = m.kernel_size, m.stride  # type: ignore[misc]
+        ph, pw = max((-(-h // sh) - 1) * sh + kh - h, 0), max((-(-w // sw) - 1) * sw + kw - w, 0)
+        if ph // 2 != pw // 2:
+            return None
+        self.full_pad[node] = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+        return (win[0], win[1], win[2], ph // 2, win[4])
 
     def _classify(self, node: fx.Node) -> Any:
-        """Local operation of ``node`` (a tuple) or None when it is global / after a global one."""
-        if node.op == "placeholder":
-            return ("input",)
-        inputs = node.all_input_nodes
-        if not inputs or any(self.kind.get(a) is None for a in inputs):
-            return None
-        if node.op == "call_module":
-            m = self.modules[node.target]  # type: ignore[index]
-            if len(node.args) != 1 or node.kwargs:
-                return None
-            win = _window(m)
-            if win is not None:
-                return win
-            return ("point",) if isinstance(m, _POINT_MODULES) else None
-        unary = len(inputs) == 1 and node.args and node.args[0] is inputs[0]
-        if node.op == "call_function" and node.target in _POINT_FUNCS and unary:
-            return ("point",)
-        if node.op == "call_method" and node.target in _POINT_METHODS and unary:
-            return ("point",)
-        if node.op == "call_function" and node.target in _BINARY and len(node.args) == 2 and not node.kwargs:
-            if len(inputs) == 1:
-                return ("point",) if isinstance(node.args[1 - node.args.index(inputs[0])], (int, float)) else None
-            return ("binary",)
-        return None
+        return classify(node, self.kind, self.modules, self._same_pad)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -306,6 +352,8 @@ class IncrementalPlan:
             src = self.full(src_node, src, batch)
         if kind[0] == "conv":  # channels-last weights: the fast CPU kernels
             m: Any = self.modules[node.target]  # type: ignore[index]
+            if node in self.full_pad:
+                src, p = F.pad(src, self.full_pad[node]), 0
             return F.conv2d(src, self.weights[node], self.bias[node], s, p, kind[4], m.groups)
         return self.modules[node.target](src)  # type: ignore[index]
 

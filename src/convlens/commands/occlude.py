@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channel", type=int, default=None, help="map of --layer (default: strongest in the image)")
     p.add_argument("--rule", choices=("deconvnet", "guided", "gradient"), default="deconvnet",
                    help="projection rule of panel (c) (default deconvnet, the paper's)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=None, help="occluders per batch (default: chosen per model)")
     p.add_argument("--no-incremental", action="store_true", help="plain batched forwards (for comparison)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
     p.add_argument("--out", type=Path, required=True)
