@@ -152,6 +152,10 @@ def test_approximate_mode(mobilenet_v2):
     # no cap, every position on the coarse grid: the approximate mode computes the exact map
     same = occlusion_map(mobilenet_v2, image, approximate=Approximation(threshold=None, coarse=1), **kw)
     torch.testing.assert_close(same.probs, exact.probs)
+    # every fine position drilled: exact again (the drilled values are kept)
+    drilled = occlusion_map(mobilenet_v2, image, approximate=Approximation(threshold=None, drill_fraction=1.0), **kw)
+    torch.testing.assert_close(drilled.probs, exact.probs)
+    torch.testing.assert_close(drilled.feature_activity, exact.feature_activity)
     approx = occlusion_map(mobilenet_v2, image, approximate=Approximation(quality=True), **kw)
     q = approx.quality
     assert approx.method == "incremental approximate" and exact.quality is None

@@ -71,8 +71,8 @@ def drill_down(engine: Any, grid: Tensor, shape: tuple[int, int], channel: int, 
     probs_c = logits.softmax(1).reshape(len(cy), len(cx), -1)
     act_c = act.reshape(len(cy), len(cx))
     wy, wx = _interp_weights(gy, cy, grid.device), _interp_weights(gx, cx, grid.device)
-    probs = torch.einsum("ia,abk,jb->ijk", wy.to(probs_c), probs_c, wx.to(probs_c))
-    activity = wy.to(act_c) @ act_c @ wx.to(act_c).T
+    probs = torch.einsum("ia,abk,jb->ijk", wy.to(probs_c), probs_c, wx.to(probs_c)).contiguous()
+    activity = (wy.to(act_c) @ act_c @ wx.to(act_c).T).contiguous()
     # change of each coarse position; a fine position's score = the largest of its coarse corners
     d_prob = (probs_c[..., target] - clean_prob).abs()
     d_act = (act_c - engine.act0[0, channel].sum()).abs()
@@ -87,10 +87,10 @@ def drill_down(engine: Any, grid: Tensor, shape: tuple[int, int], channel: int, 
     if n_drill:
         chosen = candidates[score.reshape(-1)[candidates].topk(n_drill).indices]
         lg, ac = engine.evaluate(grid[chosen], channel)
-        probs.reshape(gy * gx, -1)[chosen] = lg.softmax(1).to(probs)
-        activity.reshape(-1)[chosen] = ac.to(activity)
-    probs.reshape(gy * gx, -1)[coarse_idx] = probs_c.reshape(len(coarse_idx), -1)
-    activity.reshape(-1)[coarse_idx] = act_c.reshape(-1)
+        probs.view(gy * gx, -1)[chosen] = lg.softmax(1).to(probs)
+        activity.view(-1)[chosen] = ac.to(activity)
+    probs.view(gy * gx, -1)[coarse_idx] = probs_c.reshape(len(coarse_idx), -1)
+    activity.view(-1)[coarse_idx] = act_c.reshape(-1)
     return probs, activity, computed / (gy * gx)
 
 
