@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--limit-val", type=int, default=500)
     ap.add_argument("--lr", default="0.001", help="kaiming init + 0..255 inputs diverges at the paper's 0.01")
     ap.add_argument("--variants", default="base,no34,no67")
-    ap.add_argument("--out", type=Path, default=Path("/work/runs/examples/ablation_cifar10"))
+    ap.add_argument("--out", type=Path, default=Path("runs/examples/ablation_cifar10"))
     args = ap.parse_args()
     common = ["--dataset", "cifar10", "--data-dir", str(DATA), "--epochs", str(args.epochs), "--limit-train",
               str(args.limit_train), "--limit-val", str(args.limit_val), "--init", "kaiming", "--lr", args.lr,

@@ -1,6 +1,6 @@
 """Table 1 / Fig. 8 with an ImageNet MobileNet-v2: the five frontal dog faces of ../shared/data/dog-faces.
 
-Run:  .venv/bin/python examples/correspondence_dogs.py [--mask 30] [--out /work/runs/examples/correspond]
+Run:  .venv/bin/python examples/correspondence_dogs.py [--mask 30] [--out runs/examples/correspond]
 Layers (MobileNet-v2 has no fc6/fc7): ``features.13`` (last 14x14 block, 96 maps: a mid/high conv
 layer like ZFNet's 13x13 layer 5), ``features.18`` (last conv, 1280 maps of 7x7) and
 ``classifier.0`` (the 1280-d pooled vector fed to the classifier: the analog of layer 7).
@@ -14,16 +14,16 @@ import torch
 from occlusion_mobilenet import SHARED, mobilenet
 
 from convlens.artifacts import markdown_table, save_png, write_result
-from convlens.commands.correspond import PARTS, _figure, read_landmarks
 from convlens.correspondence import correspondence_score, face_box, random_masks, square_masks, transform_points
 from convlens.data import imagenet_mobilenet_preprocessing, load_image
+from convlens.landmarks import PARTS, masked_images_grid, read_landmarks
 
 LAYERS = ["features.13", "features.18", "classifier.0"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, default=Path("/work/runs/examples/correspond"))
+    ap.add_argument("--out", type=Path, default=Path("runs/examples/correspond"))
     ap.add_argument("--mask", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args()
@@ -40,7 +40,7 @@ def main() -> None:
     corr = correspondence_score(model, images, masks, LAYERS, part_names=names, random=rand)
     cols, rows = corr.table()
     args.out.mkdir(parents=True, exist_ok=True)
-    save_png(_figure(pre, images, masks, rand), args.out / "masked_images.png")
+    save_png(masked_images_grid(pre, images, masks, rand), args.out / "masked_images.png")
     md = markdown_table(cols, rows)
     (args.out / "correspondence.md").write_text(md)
     write_result(args.out, "correspond", title="Correspondence analysis (Table 1, Fig. 8), MobileNet-v2",

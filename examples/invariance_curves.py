@@ -1,6 +1,6 @@
 """Fig. 5 with an ImageNet MobileNet-v2: five images translated, scaled and rotated.
 
-Run:  .venv/bin/python examples/invariance_curves.py [--out /work/runs/examples/invariance]
+Run:  .venv/bin/python examples/invariance_curves.py [--out runs/examples/invariance]
 The paper's five classes (lawn mower, Shih-Tzu, African crocodile, African grey, entertainment
 center) from ../shared/data/imagenet-sample. Layers: ``features.0`` (the first conv block: the
 analog of layer 1) and ``classifier.0`` (the pooled 1280-d vector before the classifier: layer 7).
@@ -14,9 +14,9 @@ import torch
 from occlusion_mobilenet import SHARED, mobilenet
 
 from convlens.artifacts import markdown_table, write_result
-from convlens.commands.invariance import _example_params, render
 from convlens.data import imagenet_mobilenet_preprocessing
 from convlens.invariance import invariance_curves, transform_images
+from convlens.invariance_figures import example_params, render_invariance
 
 IMAGES = ["n03649909/n03649909_lawn_mower.JPEG", "n02086240/n02086240_Shih-Tzu.JPEG",
           "n01697457/n01697457_African_crocodile.JPEG", "n01817953/n01817953_African_grey.JPEG",
@@ -28,7 +28,7 @@ SWEEPS = {"translate": list(range(-60, 61, 10)), "scale": [round(0.6 + 0.1 * i, 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, default=Path("/work/runs/examples/invariance"))
+    ap.add_argument("--out", type=Path, default=Path("runs/examples/invariance"))
     args = ap.parse_args()
     model, names = mobilenet()
     pre = imagenet_mobilenet_preprocessing()
@@ -38,10 +38,10 @@ def main() -> None:
     curves = {t: invariance_curves(model, images, transform=t, params=v, layers=LAYERS, labels=labels)
               for t, v in SWEEPS.items()}
     examples = {t: torch.stack([pre.denormalize(transform_images(images[:1], t, v)[0])
-                                for v in _example_params(c.params)]) for t, c in curves.items()}
+                                for v in example_params(c.params)]) for t, c in curves.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     short = [names[i] for i in labels]
-    render(curves, examples, short, LAYERS).savefig(args.out / "invariance.png", dpi=80)
+    render_invariance(curves, examples, short, LAYERS).savefig(args.out / "invariance.png", dpi=80)
     cols = ["image", "P(true) clean"] + [f"P(true) min under {t}" for t in SWEEPS] + \
            [f"{LAYERS[-1]} dist @ {t} {v}" for t, v in (("translate", 60), ("scale", 1.8), ("rotate", 90))]
     rows = []

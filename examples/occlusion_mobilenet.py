@@ -1,6 +1,6 @@
 """Fig. 7 with an ImageNet MobileNet-v2: occlusion maps of three imagenet-sample images.
 
-Run:  .venv/bin/python examples/occlusion_mobilenet.py [--out /work/runs/examples/occlusion]
+Run:  .venv/bin/python examples/occlusion_mobilenet.py [--out runs/examples/occlusion]
 Needs ../shared/data (imagenet-sample, models/mobilenet_v2_imagenet). The layer-5 analog is
 ``features.18`` (MobileNet-v2's last conv, 1280 maps of 7x7). MobileNet is not a ConvNet, so
 this uses plain batched forwards (no incremental inference). Panel (c) uses the guided rule. The converted TF weights need TF
@@ -16,9 +16,9 @@ import torch
 
 from convlens.artifacts import write_result
 from convlens.checkpoint import load_model
-from convlens.commands.occlude import _label_table, _projection, render
 from convlens.data import imagenet_mobilenet_preprocessing
 from convlens.occlusion import occlusion_map
+from convlens.occlusion_figures import label_table, occlusion_projection, render_occlusion
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODEL_DIR = SHARED / "models" / "mobilenet_v2_imagenet"
@@ -38,7 +38,7 @@ def mobilenet() -> tuple[torch.nn.Module, list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, default=Path("/work/runs/examples/occlusion"))
+    ap.add_argument("--out", type=Path, default=Path("runs/examples/occlusion"))
     ap.add_argument("--window", type=int, default=50)
     ap.add_argument("--stride", type=int, default=8)
     args = ap.parse_args()
@@ -52,14 +52,14 @@ def main() -> None:
         occ = occlusion_map(model, image, window=args.window, stride=args.stride, target=label,
                             layer="features.18", batch_size=64)
         sec = time.perf_counter() - t
-        proj, box = _projection(model, image, occ, RULE)
+        proj, box = occlusion_projection(model, image, occ, RULE)
         out = args.out / Path(rel).stem
         out.mkdir(parents=True, exist_ok=True)
         clean = float(occ.clean_probs[label])
         title = (f"{Path(rel).name}: true class {names[label]} (clean p = {clean:.3f}, "
                  f"predicted {names[int(occ.clean_probs.argmax())]}); {sec:.0f} s")
-        render(pre.denormalize(image), occ, proj, box, names, title=title, rule=RULE).savefig(out / "occlusion.png", dpi=80)
-        table = _label_table(occ, names)
+        render_occlusion(pre.denormalize(image), occ, proj, box, names, title=title, rule=RULE).savefig(out / "occlusion.png", dpi=80)
+        table = label_table(occ, names)
         summary = (f"p({names[label]}) {float(occ.target_prob.min()):.3f}..{float(occ.target_prob.max()):.3f} "
                    f"(clean {clean:.3f}); features.18 map {occ.channel}; {occ.target_prob.numel()} positions, {sec:.0f} s")
         write_result(out, "occlusion", title="Occlusion sensitivity (Fig. 7), MobileNet-v2", summary=summary,

@@ -20,8 +20,8 @@ import torch
 import torchvision
 from torchvision import transforms
 
+from convlens import feature_cache, transfer_report
 from convlens.checkpoint import load_model
-from convlens.commands import transfer as cmd
 from convlens.transfer import Features, ProtocolResult, evaluate_probes, extract_features
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -37,7 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=224, help="center crop side (resize = size * 8/7)")
     ap.add_argument("--classes", type=int, default=102, help="use the first N classes (sorted)")
-    ap.add_argument("--out", type=Path, default=Path("/work/runs/examples/transfer_caltech101"))
+    ap.add_argument("--out", type=Path, default=Path("runs/examples/transfer_caltech101"))
     ap.add_argument("--stage", default="all", choices=("extract", "svm", "svm-sgd", "softmax", "logreg", "curve", "write", "all"),
                     help="extract: fill the feature cache; svm/softmax/curve: run one part and save it; "
                     "write: merge the saved parts into result.json; all: everything in one process")
@@ -52,9 +52,9 @@ def main() -> None:
     model = load_model("torchvision:mobilenet_v2", weights=WEIGHTS).model  # TF "SAME" padding from meta.json
 
     t0 = time.time()
-    feats, hit = cmd.cached_features(
+    feats, hit = feature_cache.cached_features(
         lambda layers: extract_features(model, loader, layers, pool_size=POOL, progress=True),
-        LAYERS, args.out / "cache", model_id=cmd.file_fingerprint(WEIGHTS) + ":tf-same-pad",
+        LAYERS, args.out / "cache", model_id=feature_cache.file_fingerprint(WEIGHTS) + ":tf-same-pad",
         dataset_id=f"{DATA / 'caltech101'}:{len(keep)}", extra={"size": args.size, "pool": POOL})
     t1 = time.time()
     if args.stage == "extract":
@@ -89,7 +89,7 @@ def run_stage(stage: str, args: argparse.Namespace, feats: Features, classes: li
     res = ProtocolResult({k: v for d in merged for k, v in d["scores"].items()},
                          {k: v for d in merged for k, v in d["per_class"].items()}, folds=5, seed=0)
     curve = ProtocolResult(parts["curve"]["scores"], parts["curve"]["per_class"], 5, 0) if "curve" in parts else None
-    cmd.write_transfer_outputs(args.out, res, curve=curve, class_names=classes,
+    transfer_report.write_transfer_outputs(args.out, res, curve=curve, class_names=classes,
                                params={"model": "mobilenet_v2 (ImageNet, TF-same padding)", "size": args.size,
                                        "classes": len(classes), "layers": LAYERS, "pool": POOL, **info,
                                        "probe_seconds": {k: round(v["seconds"], 1) for k, v in parts.items()}})

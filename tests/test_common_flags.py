@@ -79,4 +79,4 @@ def test_dataset_more_classes_than_outputs(tiny_checkpoint, tmp_path):
     root = make_image_folder(tmp_path / "three", classes=("a", "b", "c"), per_class=1, size=12)
     args = _parser().parse_args(["--checkpoint", str(tiny_checkpoint), "--dataset", str(root), "--split", "train"])
     with pytest.raises(ValueError, match=r"3 classes but the model .* has 2 outputs"):
-        _common.open_dataset_from_args(args, load_model(tiny_checkpoint))
+        _common.open_dataset_from_args(args, load_model(tiny_checkpoint), check_classes=True)

@@ -36,10 +36,10 @@ def test_explicit_equals_autograd_rules(arch):
     x = torch.randn(2, 3, size, size, dtype=torch.float64)
     for layer in ("conv1", "conv2", "conv5", "fc7"):
         proj = project_max(model, x, layer, range(model.features(x, [layer])[layer].shape[1]))
-        order = proj.values[0].argsort(descending=True)[:2]  # the two strongest channels of image 0
-        proj = project_units(model, x, layer, proj.units[:, order])
+        order = proj.values.argsort(dim=1, descending=True)[:, :2]  # each image's two strongest channels
+        proj = project_units(model, x, layer, proj.units.gather(1, order[..., None].expand(-1, -1, 3)))
         live = proj.values > 0
-        assert live.any(), f"{arch} {layer}: no live unit to test"
+        assert live.all(), f"{arch} {layer}: {int((~live).sum())} of 4 projected units are dead"
         for rule in RULES:
             ours = project_units(model, x, layer, proj.units, rule=rule).images
             ref = _generic(model, x, layer, proj.units, rule)
@@ -143,8 +143,11 @@ def test_hand_computed_4x4_ones_weights():
 def test_batching_equals_one_at_a_time():
     model = build_model("zfnet-tiny", init="kaiming", seed=0).double().eval()
     x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
-    units = torch.stack([torch.randint(0, 12, (3, 4)), torch.randint(0, 3, (3, 4)), torch.randint(0, 3, (3, 4))], -1)
+    act = model.features(x, ["conv5"])["conv5"]
+    # 4 live units per image (value > 0), drawn at random among that image's live units
+    units = torch.stack([act[n].nonzero()[torch.randperm(int((act[n] > 0).sum()))[:4]] for n in range(3)])
     batched = project_units(model, x, "conv5", units)
+    assert units.shape == (3, 4, 3) and (batched.values > 0).all()
     for n in range(3):
         for k in range(4):
             one = project_units(model, x[n : n + 1], "conv5", units[n : n + 1, k : k + 1])
@@ -158,6 +161,7 @@ def test_project_max_topk_values_and_boxes(tiny_model):
     proj = project_max(tiny_model, x, "conv5", [4, 1])
     assert proj.images.shape == (2, 2, 3, 32, 32) and proj.layer == "conv5" and proj.rule == "deconvnet"
     torch.testing.assert_close(proj.values, act[:, [4, 1]].flatten(2).amax(-1))
+    assert (proj.values > 0).all()
     n, k = 1, 0
     _c, y, xx = proj.units[n, k].tolist()
     assert tuple(proj.boxes[n, k].tolist()) == unit_box(tiny_model, "conv5", y, xx, 32)
@@ -170,8 +174,12 @@ def test_project_max_topk_values_and_boxes(tiny_model):
 
 def test_projection_lies_inside_receptive_field(tiny_model):
     x = torch.randn(1, 3, 32, 32)
-    proj = project_topk(tiny_model, x, "conv2", 3, k=4)
+    act = tiny_model.features(x, ["conv2"])["conv2"][0]
+    channel = int((act > 0).flatten(1).sum(1).argmax())  # the channel with the most live units
+    proj = project_topk(tiny_model, x, "conv2", channel, k=4)
+    assert (proj.values > 0).all()  # live units: their projections are not trivially zero
     for k in range(4):
+        assert float(proj.images[0, k].abs().sum()) > 0
         assert _outside(proj.images[0, k], proj.boxes[0, k].tolist()) == 0.0
 
 
@@ -235,6 +243,7 @@ def test_generic_torchvision_resnet_and_relu6():
     net = torchvision.models.resnet18(num_classes=3).double().eval()
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     proj = project_max(net, x, "layer2.1.bn2", [0, 5])
+    assert (proj.values > 0).all()
     for k in range(2):
         assert float(proj.images[0, k].abs().sum()) > 0
         assert _outside(proj.images[0, k], proj.boxes[0, k].tolist()) == 0.0

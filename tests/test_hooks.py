@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from convlens.hooks import parse_unit, record_activations
+from convlens.hooks import capture, get_module, parse_unit, record_activations, resolve_layer
+from convlens.model import build_model
 
 
 def test_record_activations_matches_features_and_removes_hooks(tiny_model):
@@ -35,3 +36,105 @@ def test_parse_unit():
     for bad in ("conv5", "conv5:x", ":3", "conv5:-1"):
         with pytest.raises(ValueError, match="layer:channel"):
             parse_unit(bad)
+
+
+def _resnet():
+    import torchvision
+
+    return torchvision.models.resnet18().eval()
+
+
+def test_unknown_layer_names_the_closest_few():
+    import torchvision
+
+    model = torchvision.models.mobilenet_v2()
+    with pytest.raises(ValueError, match=r"unknown layer 'features\.33'") as err:
+        get_module(model, "features.33")
+    msg = str(err.value)
+    assert "closest: features.3, features.13" in msg and "convlens layers" in msg
+    assert msg.count(",") < 12  # a few names, never the ~200 module paths
+    with pytest.raises(ValueError, match="closest: conv5"):
+        resolve_layer(build_model("zfnet-tiny"), "conv6")
+
+
+def test_capture_any_depth_matches_a_manual_forward():
+    model = _resnet()
+    x = torch.randn(2, 3, 64, 64)
+    acts = capture(model, x, ["layer2.1", "layer2.1.conv1", "layer1", "maxpool"])
+    with torch.no_grad():
+        stem = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        l1 = model.layer1(stem)
+        b = model.layer2[0](l1)
+        conv1 = model.layer2[1].conv1(b)
+        l21 = model.layer2[1](b)
+    torch.testing.assert_close(acts["maxpool"], stem)
+    torch.testing.assert_close(acts["layer1"], l1)
+    torch.testing.assert_close(acts["layer2.1.conv1"], conv1)
+    torch.testing.assert_close(acts["layer2.1"], l21)
+    assert list(acts) == ["layer2.1", "layer2.1.conv1", "layer1", "maxpool"]
+    assert not acts["layer1"].requires_grad
+    assert all(not m._forward_hooks for m in model.modules())
+    # batch-size invariance, and the early stop (second call) gives the same values
+    again = capture(model, x[1:], ["layer2.1"])
+    torch.testing.assert_close(again["layer2.1"], l21[1:])
+
+
+def test_capture_stops_after_the_deepest_layer_and_keeps_the_last_call_of_shared_modules():
+    model = _resnet()
+    x = torch.randn(1, 3, 64, 64)
+    capture(model, x, ["layer1.0.relu"])  # learns that the shared relu runs twice per forward
+    ran: list[str] = []
+    h = model.layer2.register_forward_pre_hook(lambda *_: ran.append("layer2"))
+    try:
+        acts = capture(model, x, ["layer1.0.relu"])
+    finally:
+        h.remove()
+    assert ran == []  # layer2 never ran
+    with torch.no_grad():
+        ref = model.layer1[0](model.maxpool(model.relu(model.bn1(model.conv1(x)))))
+    torch.testing.assert_close(acts["layer1.0.relu"], ref)  # the block's output = the relu's 2nd call
+    g = capture(model, x.requires_grad_(True), ["layer1"], no_grad=False)["layer1"]
+    assert g.requires_grad
+
+
+def test_capture_convnet_aliases_and_errors(tiny_model):
+    x = torch.randn(3, 3, 32, 32)
+    acts = capture(tiny_model, x, ["conv5", "pool1"])
+    ref = tiny_model.features(x, ["conv5", "pool1"])
+    torch.testing.assert_close(acts["conv5"], ref["conv5"])
+    assert (acts["conv5"] >= 0).all()  # conv5 means the rectified output
+    with pytest.raises(TypeError, match="list of names"):
+        capture(tiny_model, x, "conv5")
+    with pytest.raises(ValueError, match="closest"):
+        capture(tiny_model, x, ["conv55"])
+
+
+class _TupleBlock(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y, y.mean()
+
+
+class _Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = _TupleBlock()
+        self.unused = torch.nn.ReLU()
+
+    def forward(self, x):
+        return self.block(x)[0]
+
+
+def test_tuple_outputs_and_unused_modules_are_clear_errors():
+    net = _Net()
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(TypeError, match=r"'block' \(_TupleBlock\) outputs a tuple, not a tensor"):
+        capture(net, x, ["block"])
+    assert all(not m._forward_hooks for m in net.modules())
+    assert capture(net, x, ["block.conv"])["block.conv"].shape == (1, 4, 6, 6)
+    with pytest.raises(ValueError, match="never ran"):
+        capture(net, x, ["unused"])

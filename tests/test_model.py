@@ -90,5 +90,5 @@ def test_summary_cli(capsys):
 def test_cli_bad_arch_exits_2(capsys):
     assert main(["summary", "--arch", "nope"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: unknown architecture 'nope'")
+    assert err.startswith("error: model spec 'nope' is not known") and err.count("\n") == 1
     assert main(["summary", "--input-size", "abc"]) == 2

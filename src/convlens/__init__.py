@@ -14,7 +14,9 @@ _EXPORTS = {
     # model.py
     "LAYERS": "model", "ConvNet": "model", "ConvNetConfig": "model", "build_model": "model", "get_config": "model",
     # hooks.py
-    "record_activations": "hooks", "parse_unit": "hooks",
+    "record_activations": "hooks", "capture": "hooks", "parse_unit": "hooks",
+    # layers.py: names, defaults and receptive fields of any model's layers
+    "LayerInfo": "layers", "list_layers": "layers", "default_layers": "layers", "resolve_layers": "layers",
     # data.py / checkpoint.py
     "Preprocessing": "data", "open_dataset": "data", "load_image": "data",
     "load_model": "checkpoint", "save_checkpoint": "checkpoint",
@@ -23,6 +25,7 @@ _EXPORTS = {
     # deconvnet and receptive fields (Sec. 2.1, Fig. 1)
     "Projection": "deconv", "project_units": "deconv", "project_max": "deconv", "project_topk": "deconv",
     "sanity_check": "sanity", "receptive_fields": "receptive_field", "unit_box": "receptive_field",
+    "axis_receptive_fields": "receptive_field",
     # top-9 and evolution (Fig. 2, Fig. 4)
     "TopKAccumulator": "topk", "TopActivations": "topk", "mine_top_activations": "topk", "unit_tiles": "topk",
     "feature_evolution": "evolution",

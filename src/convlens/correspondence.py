@@ -25,8 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .hooks import record_activations
-from .model import ConvNet
+from .hooks import capture
 
 __all__ = [
     "Correspondence",
@@ -89,12 +88,7 @@ def sign_change(eps: Tensor) -> Tensor:
 
 
 def _features(model: nn.Module, x: Tensor, layers: tuple[str, ...]) -> dict[str, Tensor]:
-    if isinstance(model, ConvNet):
-        out = model.features(x, list(layers))
-    else:
-        with record_activations(model, list(layers)) as out:
-            model(x)
-    return {k: v.reshape(len(x), -1) for k, v in out.items()}
+    return {k: v.reshape(len(x), -1) for k, v in capture(model, x, layers).items()}
 
 
 def correspondence_score(

@@ -28,7 +28,11 @@ caused by the large stride 4" in layer-2 projections (6d vs 6e). :func:`diagnose
 * Reference for the bands: white-noise (untrained) filters put 0.087 / 0.262 / 0.651 of their
   energy in low / mid / high (the bands' areas in the frequency square).
 
-Only :class:`~convlens.model.ConvNet` models are diagnosed (layer names ``conv1``..``conv5``).
+Any CNN is diagnosed: "layer 1" and "layer 2" are the first two ``nn.Conv2d`` modules the forward
+pass runs (``conv1``/``conv2`` of a convlens ConvNet, ``conv1``/``layer1.0.conv1`` of a ResNet,
+``features.0.0``/``features.1.conv.0.0`` of MobileNetV2). Dead filters are measured on the first
+(up to) five convs, at the first activation module (ReLU, ReLU6, SiLU, ...) that follows each conv
+with the same output shape (after its BatchNorm), else at the conv output.
 """
 from __future__ import annotations
 
@@ -41,11 +45,15 @@ from torch import nn
 
 from .model import ConvNet
 
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.Hardtanh,
+               nn.PReLU, nn.SELU, nn.CELU)
+
 __all__ = [
     "BANDS",
     "Diagnosis",
     "activation_fraction",
     "comparison_table",
+    "conv_layers",
     "diagnose",
     "filter_rms",
     "frequency_bands",
@@ -99,6 +107,87 @@ def activation_fraction(model: ConvNet, images: torch.Tensor, layers: Sequence[s
             counts[name] = counts.get(name, 0) + pos
         total += len(images[start:start + batch_size])
     return {name: (c / (total * acts[name].shape[2] * acts[name].shape[3])).float() for name, c in counts.items()}
+
+
+def _leaf_events(model: nn.Module, x: torch.Tensor) -> list[tuple[str, int, nn.Module, tuple[int, ...]]]:
+    """(name, call number, module, output shape) of every leaf-module call of one forward, in order."""
+    events: list[tuple[str, int, nn.Module, tuple[int, ...]]] = []
+    calls: dict[str, int] = {}
+    handles = []
+
+    def hook(name: str) -> object:
+        def fn(m: nn.Module, _i: object, out: object) -> None:
+            if isinstance(out, torch.Tensor):
+                calls[name] = calls.get(name, -1) + 1
+                events.append((name, calls[name], m, tuple(out.shape)))
+        return fn
+
+    for name, m in model.named_modules():
+        if name and not any(True for _ in m.children()):
+            handles.append(m.register_forward_hook(hook(name)))  # type: ignore[arg-type]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return events
+
+
+def conv_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Names of the ``nn.Conv2d`` modules in the order the forward pass first runs them (``x``: one batch)."""
+    seen: list[str] = []
+    for name, _k, m, _s in _leaf_events(model, x):
+        if isinstance(m, nn.Conv2d) and name not in seen:
+            seen.append(name)
+    return seen
+
+
+def _activation_points(model: nn.Module, x: torch.Tensor, convs: Sequence[str]) -> dict[str, tuple[str, int]]:
+    """conv name -> (module, call number) whose output is that conv's rectified output (see the docstring)."""
+    events = _leaf_events(model, x)
+    points: dict[str, tuple[str, int]] = {}
+    for conv in convs:
+        i = next(j for j, e in enumerate(events) if e[0] == conv)
+        points[conv] = (conv, 0)
+        for name, k, m, shape in events[i + 1:]:
+            if isinstance(m, nn.Conv2d) or shape != events[i][3]:
+                break
+            if isinstance(m, ACTIVATIONS):
+                points[conv] = (name, k)
+                break
+    return points
+
+
+@torch.no_grad()
+def _generic_activation_fraction(model: nn.Module, images: torch.Tensor, convs: Sequence[str],
+                                 batch_size: int = 64) -> dict[str, torch.Tensor]:
+    points = _activation_points(model, images[:1], convs)
+    modules = dict(model.named_modules())
+    counts: dict[str, torch.Tensor] = {}
+    sizes: dict[str, int] = {}
+    calls: dict[str, int] = {}
+    handles = []
+
+    def hook(target: str) -> object:
+        def fn(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+            calls[target] = calls.get(target, -1) + 1
+            for conv, (name, k) in points.items():
+                if name == target and k == calls[target]:
+                    counts[conv] = counts.get(conv, 0) + (out > 0).double().sum((0, 2, 3))
+                    sizes[conv] = sizes.get(conv, 0) + out.shape[0] * out.shape[2] * out.shape[3]
+        return fn
+
+    for name in {n for n, _ in points.values()}:
+        handles.append(modules[name].register_forward_hook(hook(name)))  # type: ignore[arg-type]
+    try:
+        for start in range(0, len(images), batch_size):
+            calls.clear()
+            model(images[start:start + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+    return {conv: (counts[conv] / sizes[conv]).float() for conv in convs if conv in counts}
 
 
 def lattice_energy(projections: torch.Tensor, stride: int) -> torch.Tensor:
@@ -158,11 +247,13 @@ class Diagnosis:
     aliasing_chance: float
     params: dict[str, object] = field(default_factory=dict)
     compare: Diagnosis | None = None
+    layer_names: tuple[str, str] = ("conv1", "conv2")
 
     def metrics(self) -> dict[str, float | int | str | bool]:
         """Flat scalar summary (the rows of :func:`comparison_table`)."""
         m: dict[str, float | int | str | bool] = {
-            "layer 1 filters": f"{len(self.rms)} x {self.conv1_kernel}x{self.conv1_kernel}, stride {self.conv1_stride}",
+            "layer 1 filters": f"{len(self.rms)} x {self.conv1_kernel}x{self.conv1_kernel}, stride {self.conv1_stride}"
+                               + ("" if self.layer_names[0] == "conv1" else f" ({self.layer_names[0]})"),
             "RMS max / median (dominance)": self.dominance,
             "one filter dominates": self.dominates,
         }
@@ -177,7 +268,7 @@ class Diagnosis:
 
     def to_dict(self) -> dict[str, object]:
         d: dict[str, object] = {
-            "name": self.name, "metrics": self.metrics(), "rms": self.rms, "dominant_filter": self.dominant_filter,
+            "name": self.name, "layers": list(self.layer_names), "metrics": self.metrics(), "rms": self.rms, "dominant_filter": self.dominant_filter,
             "active_fraction": self.active, "dead": {k: torch.nonzero(v).flatten() for k, v in self.dead.items()},
             "near_zero": {k: torch.nonzero(v).flatten() for k, v in self.near_zero.items()},
             "bands": self.bands, "aliasing": self.aliasing, "params": self.params,
@@ -187,45 +278,45 @@ class Diagnosis:
         return d
 
 
-def _layer2_projections(model: ConvNet, images: torch.Tensor, channels: int) -> torch.Tensor:
+def _layer2_projections(model: nn.Module, images: torch.Tensor, channels: int, layer2: str) -> torch.Tensor:
     from .deconv import project_max  # deferred: deconv imports receptive_field
 
-    conv2 = model.conv2
+    conv2 = dict(model.named_modules())[layer2]
     assert isinstance(conv2, nn.Conv2d)
     n_ch = conv2.out_channels
     chans = list(range(min(channels, n_ch)))
-    proj = project_max(model, images, "conv2", chans, rule="deconvnet")  # (N, K, 3, H, W)
+    proj = project_max(model, images, layer2, chans, rule="deconvnet")  # (N, K, 3, H, W)
     best = proj.values.argmax(0)  # strongest image of each channel
     return proj.images[best, torch.arange(len(chans))]  # (K, 3, H, W)
 
 
 def diagnose(
-    model: ConvNet,
+    model: nn.Module,
     images: torch.Tensor,
     *,
-    compare: ConvNet | None = None,
+    compare: nn.Module | None = None,
     channels: int = 16,
     dominance_threshold: float = 3.0,
     dead_eps: float = 1e-3,
     zero_tol: float = 1e-2,
+    name: str | None = None,
 ) -> Diagnosis:
     """Fig. 6 diagnostics of ``model`` (and of ``compare`` on the same images).
 
     Args:
-        model: a :class:`~convlens.model.ConvNet` (eval mode is used; the mode is restored).
+        model: any CNN with at least two ``nn.Conv2d`` (eval mode is used; the mode is restored).
         images: (N, 3, H, W) normalized data sample (dead filters, layer-2 projections).
         compare: a second model to diagnose on the same images (e.g. alexnet vs zfnet).
         channels: number of layer-2 channels projected (the first ``channels``).
         dominance_threshold: flag "one filter dominates" when max RMS / median RMS exceeds it.
         dead_eps: a filter is dead when its fraction of positive activations is below this.
         zero_tol: near-zero filters have RMS below ``zero_tol`` x the layer's median RMS.
+        name: the model's name in tables (default: a ConvNet's arch, else the class name).
 
     Example:
         >>> d = diagnose(build_model("zfnet-tiny", seed=0), torch.randn(8, 3, 32, 32))
         >>> d.metrics()["layer-1 energy mid freq"]
     """
-    if not isinstance(model, ConvNet) or (compare is not None and not isinstance(compare, ConvNet)):
-        raise TypeError("diagnose needs convlens ConvNet models (conv1..conv5); torchvision models are not supported")
     if images.dim() != 4 or images.shape[0] == 0:
         raise ValueError(f"images must have shape (N, 3, H, W) with N >= 1, got {tuple(images.shape)}")
     other = diagnose(compare, images, channels=channels, dominance_threshold=dominance_threshold,
@@ -233,30 +324,41 @@ def diagnose(
     was_training = model.training
     model.eval()
     try:
-        return _diagnose_one(model, images, channels, dominance_threshold, dead_eps, zero_tol, other)
+        return _diagnose_one(model, images, channels, dominance_threshold, dead_eps, zero_tol, other, name)
     finally:
         model.train(was_training)
 
 
-def _diagnose_one(model: ConvNet, images: torch.Tensor, channels: int, threshold: float, dead_eps: float,
-                  zero_tol: float, other: Diagnosis | None) -> Diagnosis:
-    conv1 = model.conv1
+def _diagnose_one(model: nn.Module, images: torch.Tensor, channels: int, threshold: float, dead_eps: float,
+                  zero_tol: float, other: Diagnosis | None, name: str | None) -> Diagnosis:
+    if isinstance(model, ConvNet):
+        convs = [n for n in model.layer_names if n.startswith("conv")]
+        active = {k: v.cpu() for k, v in activation_fraction(model, images, convs).items()}
+    else:
+        convs = conv_layers(model, images[:1])[:5]
+        if len(convs) < 2:
+            raise ValueError(f"diagnose needs a model with at least two Conv2d layers, found {len(convs)}")
+        active = {k: v.cpu() for k, v in _generic_activation_fraction(model, images, convs).items()}
+    modules = dict(model.named_modules())
+    conv1 = modules[convs[0]]
     assert isinstance(conv1, nn.Conv2d)
     w1 = conv1.weight.detach().cpu()
+    if w1.shape[-1] != w1.shape[-2] or w1.shape[-1] > 64:
+        raise ValueError(f"layer 1 ({convs[0]}) has {tuple(w1.shape[-2:])} kernels; diagnose expects square kernels "
+                         "of at most 64 pixels")
     rms = filter_rms(w1)
     median = float(rms.median().clamp_min(1e-30))
-    conv_layers = [n for n in model.layer_names if n.startswith("conv")]
-    active = {k: v.cpu() for k, v in activation_fraction(model, images, conv_layers).items()}
     near_zero = {}
-    for name in conv_layers:
-        r = filter_rms(getattr(model, name).weight.cpu())
-        near_zero[name] = r < zero_tol * r.median()
+    for conv in convs:
+        r = filter_rms(modules[conv].weight.detach().cpu())  # type: ignore[arg-type]
+        near_zero[conv] = r < zero_tol * r.median()
     bands = frequency_bands(w1, fft_size=max(32, w1.shape[-1]))
-    proj = _layer2_projections(model, images, channels).cpu()
+    proj = _layer2_projections(model, images, channels, convs[1]).cpu()
     stride = conv1.stride[0]
     h, w = proj.shape[-2:]
     return Diagnosis(
-        name=model.cfg.name, conv1_kernel=conv1.kernel_size[0], conv1_stride=stride, filters=w1, rms=rms,
+        name=name or (model.cfg.name if isinstance(model, ConvNet) else type(model).__name__),
+        conv1_kernel=conv1.kernel_size[0], conv1_stride=stride, filters=w1, rms=rms,
         dominance=float(rms.max()) / median, dominant_filter=int(rms.argmax()),
         dominates=float(rms.max()) / median > threshold, active=active,
         dead={k: v < dead_eps for k, v in active.items()}, near_zero=near_zero, bands=bands,
@@ -264,7 +366,7 @@ def _diagnose_one(model: ConvNet, images: torch.Tensor, channels: int, threshold
         aliasing_chance=(stride**2 - 1) / ((h // stride) * (w // stride) * stride**2 - 1),
         params={"channels": channels, "dominance_threshold": threshold, "dead_eps": dead_eps, "zero_tol": zero_tol,
                 "images": len(images)},
-        compare=other,
+        compare=other, layer_names=(convs[0], convs[1]),
     )
 
 

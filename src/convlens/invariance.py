@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .hooks import record_activations
-from .model import ConvNet
 
 __all__ = ["TRANSFORMS", "InvarianceCurves", "invariance_curves", "shift_images", "transform_images"]
 
@@ -100,13 +99,9 @@ def transform_images(images: Tensor, transform: str, param: float) -> Tensor:
 
 
 def _features(model: nn.Module, x: Tensor, layers: tuple[str, ...]) -> tuple[dict[str, Tensor], Tensor]:
-    if isinstance(model, ConvNet):
-        out = model.features(x, [*list(layers), "fc8"])
-        logits = out.pop("fc8")
-    else:
-        with record_activations(model, list(layers)) as acts:
-            logits = model(x)
-        out = dict(acts)
+    with record_activations(model, layers) as acts:
+        logits = model(x)
+    out = dict(acts)
     return {k: v.reshape(len(x), -1) for k, v in out.items()}, logits
 
 

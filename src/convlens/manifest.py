@@ -99,6 +99,8 @@ def inside(root: Path, rel: str | Path) -> Path | None:
 
 
 def _cell(v: Any) -> str:
+    if v is None:  # JSON null: write_json stores NaN as null
+        return "-"
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.4g}"
     return str(v)

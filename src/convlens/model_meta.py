@@ -27,10 +27,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from .data import Preprocessing
+if TYPE_CHECKING:  # no torch at import time: the CLI reads NORMALIZE_HELP while building its parser
+    from .data import Preprocessing
 
 __all__ = ["NORMALIZE_HELP", "NORMALIZE_PRESETS", "MeanStd", "Meta", "make_preprocessing", "parse_normalize",
            "read_classes", "read_meta"]
@@ -168,6 +168,10 @@ def read_meta(folder: str | Path) -> Meta:
 def make_preprocessing(normalize: MeanStd, input_size: int, resize: int | None = None) -> Preprocessing:
     """Resize the short side to ``resize`` (default ``input_size * 256 / 224``), center-crop ``input_size``,
     then ``(pixel01 - mean) / std``."""
+    import torch
+
+    from .data import Preprocessing
+
     mean = torch.tensor(normalize[0], dtype=torch.float32).view(3, 1, 1) * 255
     std = torch.tensor(normalize[1], dtype=torch.float32).view(3, 1, 1) * 255
     resize = resize or round(input_size * 256 / 224)

@@ -118,6 +118,33 @@ def load_model_from_args(args: argparse.Namespace, device: torch.device | str = 
                       classes=getattr(args, "classes", None), map_location=device)
 
 
+def load_image_arg(loaded: Loaded, path: str | Path, flag: str = "--image") -> torch.Tensor:
+    """An image file through the model's preprocessing: (3, S, S).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path}: no such file; expected an image file (JPEG, PNG, ...)")
+    try:
+        return loaded.preprocessing.load(path)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"{flag} {path}: cannot read it as an image ({type(exc).__name__}: {exc}); expected a "
+                         "JPEG, PNG or other image file") from None
+
+
+def run_params(args: argparse.Namespace, loaded: Loaded | None = None) -> dict[str, Any]:
+    """The command's flags for ``result.json`` ``params`` (paths as text; the model's resolved name added)."""
+    out = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+           if k != "func" and not k.startswith("_")}
+    if loaded is not None:
+        out["model"] = loaded.arch
+        out["input_size"] = loaded.input_size
+    return out
+
+
 # ----------------------------------------------------------------------------- dataset
 
 
@@ -137,11 +164,14 @@ def add_dataset_args(p: argparse.ArgumentParser, *, required: bool = True, split
 
 
 def open_dataset_from_args(args: argparse.Namespace, loaded: Loaded, *, mode: str = "eval",
-                           split: str | None = None) -> TransformedDataset:
-    """The dataset the flags name, through the model's preprocessing; checks that its labels fit the model.
+                           split: str | None = None, check_classes: bool = False) -> TransformedDataset:
+    """The dataset the flags name, through the model's preprocessing.
+
+    ``check_classes``: the labels are compared with the model's outputs (evaluation), so the dataset may
+    not have more classes than the model has outputs.
 
     Raises:
-        ValueError: an empty dataset, or more classes than the model has outputs.
+        ValueError: an empty dataset, or (``check_classes``) more classes than the model has outputs.
     """
     from ..data import open_dataset
 
@@ -152,7 +182,7 @@ def open_dataset_from_args(args: argparse.Namespace, loaded: Loaded, *, mode: st
     if len(ds) == 0:
         raise ValueError(f"--dataset {args.dataset}: no images in its {split or args.split} split")
     outputs = len(loaded.class_names)
-    if ds.classes and outputs and len(ds.classes) > outputs:
+    if check_classes and ds.classes and outputs and len(ds.classes) > outputs:
         raise ValueError(f"--dataset {args.dataset} has {len(ds.classes)} classes but the model ({loaded.arch}) has "
                          f"{outputs} outputs; give a dataset with at most {outputs} classes, or a model trained on it")
     return ds
@@ -211,9 +241,35 @@ def default_layers(loaded: Loaded, count: int | None = None) -> list[str]:
     try:
         from ..layers import default_layers as library_default  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
-        library_default = _fallback_default_layers
+        library_default = _fallback_default_layers  # type: ignore[assignment, unused-ignore]
     names = list(library_default(loaded.model, loaded.input_size))
     return names[-count:] if count else names
+
+
+def feature_map_layer(loaded: Loaded, layer: str | None, flag: str = "--layer") -> str:
+    """A layer with a spatial (N, C, H, W) output: ``layer`` checked, or the deepest default layer.
+
+    Raises:
+        ValueError: unknown layer, or one whose output is not a feature map (e.g. ``fc7``).
+    """
+    import torch
+
+    from ..hooks import record_activations
+
+    if layer is not None and "," in layer:
+        raise ValueError(f"{flag} takes one layer, got {layer!r}")
+    name = parse_layers(layer, loaded, flag=flag)[-1] if layer is not None else default_layers(loaded)[-1]
+    model = loaded.model
+    p = next(model.parameters(), None)
+    x = torch.zeros(1, 3, loaded.input_size, loaded.input_size, device=p.device if p is not None else "cpu")
+    with torch.no_grad(), record_activations(model, [name]) as acts:
+        model(x)
+    shape = tuple(acts[name].shape) if name in acts and torch.is_tensor(acts[name]) else None
+    if shape is None or len(shape) != 4:
+        example = default_layers(loaded)[-1]
+        raise ValueError(f"{flag} {name}: its output has shape {shape}, expected a feature map (N, C, H, W); "
+                         f"give a convolutional layer, e.g. {flag} {example} (see 'convlens summary')")
+    return name
 
 
 def _fallback_default_layers(model: Any, input_size: int) -> list[str]:

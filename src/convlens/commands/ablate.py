@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ._common import add_device_arg, add_out_arg, positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -32,15 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", choices=("paper", "kaiming"), default="kaiming",
                    help="weight init (default kaiming: short runs; the paper's is 'paper')")
     p.add_argument("--no-clip", action="store_true", help="turn off feature-scale clipping")
-    p.add_argument("--limit-train", type=int, default=None,
+    p.add_argument("--limit-train", type=positive_int, default=None, metavar="N",
                    help="train on a random subset of N images (seeded, the same for every variant)")
-    p.add_argument("--limit-val", type=int, default=None, help="validate on a random subset of N images")
-    p.add_argument("--limit", dest="limit_train", type=int, default=None, help="alias of --limit-train")
+    p.add_argument("--limit-val", type=positive_int, default=None, metavar="N",
+                   help="validate on a random subset of N images (seeded)")
     p.add_argument("--ensemble", action="store_true", help="add a row: all variants' softmax averaged (Table 2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    add_device_arg(p)
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True)
+    add_out_arg(p)
     p.set_defaults(func=run)
 
 
@@ -49,6 +51,8 @@ def _plot(res: Any, out: Path) -> dict[str, str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ..artifacts import save_figure
 
     names = [r.variant for r in res.rows]
     x = range(len(names))
@@ -60,7 +64,7 @@ def _plot(res: Any, out: Path) -> dict[str, str]:
     ax.set(ylabel="error %", title=f"Ablations of {res.params['base']} ({res.params['epochs']} epochs)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "errors.png")
+    save_figure(fig, out / "errors.png")
     plt.close(fig)
     return {"path": "errors.png", "group": "ablate", "caption": "Train top-1 and val top-1/top-5 error per variant"}
 
@@ -88,7 +92,7 @@ def _random_subsets(cfg: Any, out: Path, limit_train: int | None, limit_val: int
 
 def run(args: argparse.Namespace) -> int:
     from ..ablate import ablate, variant_arch
-    from ..artifacts import markdown_table, write_result
+    from ..artifacts import markdown_table, write_result, write_text
     from ..train import TrainConfig
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -107,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     res = ablate(cfg, variants, out=args.out, datasets=data, ensemble=args.ensemble, progress=True)
     cols, rows = res.table()
     table = {"title": f"Ablations of {args.arch} (Table 3 layout), error %", "columns": cols, "rows": rows}
-    (args.out / "ablate.md").write_text(f"### {table['title']}\n\n" + markdown_table(cols, rows))
+    write_text(args.out / "ablate.md", f"### {table['title']}\n\n" + markdown_table(cols, rows))
     best = min(res.rows, key=lambda r: r.val_top1_err)
     summary = (f"{len(res.rows)} variants of {args.arch}, {args.epochs} epochs on {args.dataset}: best val top-1 "
                f"error {100 * best.val_top1_err:.1f}% ({best.variant})")

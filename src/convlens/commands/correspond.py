@@ -9,14 +9,9 @@ the feature change (see :mod:`convlens.correspondence`). Writes ``result.json`` 
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
-from typing import Any
 
-import torch
-
-# CSV column prefix -> row name. "imgleft" is the eye on the left of the picture = the dog's right eye.
-PARTS = {"eye_imgleft": "right eye", "eye_imgright": "left eye", "nose": "nose"}
+from ._common import add_device_arg, add_model_args, add_out_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,58 +23,47 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="example: convlens correspond --checkpoint C --images ../shared/data/dog-faces "
         "--landmarks ../shared/data/dog-faces/landmarks.csv --mask 30 --layers conv5,fc7 --out runs/zf/correspond",
     )
-    p.add_argument("--checkpoint", default=None, help="a convlens checkpoint")
-    p.add_argument("--arch", default=None, help="instead of --checkpoint: torchvision:NAME")
-    p.add_argument("--weights", default=None, help="state_dict file for --arch")
+    add_model_args(p)
     p.add_argument("--images", type=Path, required=True, help="folder the CSV's file paths are relative to")
     p.add_argument("--landmarks", type=Path, required=True, help="landmarks CSV")
-    p.add_argument("--mask", type=int, default=30, help="mask side in input pixels (default 30)")
-    p.add_argument("--layers", default="conv5,fc7", help="comma-separated feature layers (default conv5,fc7)")
-    p.add_argument("--repeats", type=int, default=10, help="random-mask repetitions (default 10)")
+    p.add_argument("--mask", type=positive_int, default=30, help="mask side in input pixels (default 30)")
+    p.add_argument("--layers", default=None,
+                   help="comma-separated feature layers (default conv5,fc7 of a convlens model, else the last two "
+                        "default layers; see 'convlens summary')")
+    p.add_argument("--repeats", type=positive_int, default=10, help="random-mask repetitions (default 10)")
     p.add_argument("--margin", type=float, default=0.75, help="face box = part bounding box grown by this x its side")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
-    p.add_argument("--out", type=Path, required=True)
+    add_device_arg(p)
+    add_out_arg(p)
     p.set_defaults(func=run)
 
 
-def read_landmarks(csv_path: Path, root: Path) -> tuple[list[Path], torch.Tensor]:
-    """(image paths, points (N, 3, 2) (x, y) in original pixels, parts in :data:`PARTS` order)."""
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"--landmarks not found: {csv_path}")
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    need = ["file"] + [f"{p}_{c}" for p in PARTS for c in "xy"]
-    if not rows or any(c not in rows[0] for c in need):
-        raise ValueError(f"--landmarks {csv_path} must have columns {', '.join(need)}")
-    paths, points = [], []
-    for r in rows:
-        path = root / r["file"]
-        if not path.is_file():
-            raise FileNotFoundError(f"image {r['file']} of {csv_path} not found under --images {root}")
-        paths.append(path)
-        points.append([[float(r[f"{p}_x"]), float(r[f"{p}_y"])] for p in PARTS])
-    if len(paths) < 2:
-        raise ValueError(f"--landmarks needs at least 2 images, got {len(paths)}")
-    return paths, torch.tensor(points)
-
-
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..artifacts import markdown_table, save_png, write_result
     from ..correspondence import correspondence_score, face_box, random_masks, square_masks, transform_points
     from ..data import load_image
-    from ..train import resolve_device
-    from .occlude import load
+    from ..landmarks import PARTS, masked_images_grid, read_landmarks
+    from ._common import (
+        default_layers,
+        load_image_arg,
+        load_model_from_args,
+        parse_layers,
+        resolve_device_arg,
+        run_params,
+    )
 
-    device = resolve_device(args.device)
-    loaded = load(args, device)
+    device = resolve_device_arg(args)
+    loaded = load_model_from_args(args, device)
     pre = loaded.preprocessing
-    layers = [s.strip() for s in args.layers.split(",") if s.strip()]
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.layers is None and hasattr(loaded.model, "layer_names"):
+        layers = parse_layers("conv5,fc7", loaded)
+    else:
+        layers = parse_layers(args.layers, loaded) if args.layers is not None else default_layers(loaded, 2)
     paths, points = read_landmarks(args.landmarks, args.images)
+    images = torch.stack([load_image_arg(loaded, p, "--landmarks image") for p in paths]).to(device)
     sizes = torch.tensor([load_image(p).size[::-1] for p in paths])  # (N, 2) (h, w)
-    images = torch.stack([pre.load(p) for p in paths]).to(device)
     H, W = images.shape[-2:]
     pts = transform_points(points, sizes, pre.resize, pre.crop)
     names = list(PARTS.values())
@@ -92,28 +76,16 @@ def run(args: argparse.Namespace) -> int:
              "columns": cols, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "correspondence.md").write_text(f"### {table['title']}\n\n" + markdown_table(cols, rows))
-    save_png(_figure(pre, images.cpu(), masks.cpu(), rand.cpu()), args.out / "masked_images.png")
+    save_png(masked_images_grid(pre, images.cpu(), masks.cpu(), rand.cpu()), args.out / "masked_images.png")
     summary = "; ".join(f"{r[0]}: " + ", ".join(f"{layer} {c.split(' ±')[0]}" for layer, c in zip(layers, r[1:], strict=False))
                         for r in rows)
     data = corr.to_dict()
     data.update(images=[str(p) for p in paths], points=pts.tolist(), mask=args.mask)
     write_result(args.out, "correspond", title="Correspondence analysis (Table 1, Fig. 8)", summary=summary,
-                 params={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
+                 params=run_params(args, loaded) | {"layers": layers},
                  figures=[{"path": "masked_images.png", "caption": "Fig. 8: original, then the right eye, left eye "
                            "and nose masked, then random masks on the face (one row per image)", "group": "masks"}],
                  tables=[table], data=data)
     print(markdown_table(cols, rows))
     print(f"wrote {args.out / 'result.json'}")
     return 0
-
-
-def _figure(pre: Any, images: torch.Tensor, masks: torch.Tensor, rand: torch.Tensor, n_random: int = 3) -> torch.Tensor:
-    """Fig. 8 grid: per image, the original, each part masked, then a few random masks."""
-    from ..viz import make_grid
-
-    tiles = []
-    for i in range(len(images)):
-        for m in [None, *masks[i], *rand[i, :n_random]]:
-            x = images[i] if m is None else torch.where(m, torch.zeros(()), images[i])
-            tiles.append(pre.denormalize(x))
-    return make_grid(torch.stack(tiles), nrow=1 + masks.shape[1] + min(n_random, rand.shape[1]), pad=2)

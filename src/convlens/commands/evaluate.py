@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
-
-from ..artifacts import write_result
-from ..checkpoint import load_model
-from ..data import collate_skip, open_dataset
-from ..evaluation import average_log_proba, predict_log_proba, topk_errors
-from ..train import random_subset, resolve_device
+from ._common import add_dataset_args, add_device_arg, add_model_args, add_out_arg
 
 COLUMNS = ["model", "crops", "top-1 err", "top-5 err", "loss", "images"]
 
@@ -21,45 +15,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="top-1/top-5 error of checkpoints (center or 10-crop) and of their ensemble",
-        description="Evaluate one or more convlens checkpoints on a dataset's test split. With several "
-        "checkpoints, their softmax outputs are also averaged (an ensemble, as in Table 2).",
+        description="Evaluate one or more convlens checkpoints (or one model spec with --arch) on a dataset's "
+        "test split. With several checkpoints, their softmax outputs are also averaged (an ensemble, as in Table 2).",
         epilog="example: convlens evaluate --checkpoint runs/a/checkpoints/last.pt runs/b/checkpoints/last.pt "
         "--dataset fashion-mnist --ten-crop --out runs/eval",
     )
-    p.add_argument("--checkpoint", nargs="+", required=True, help="convlens checkpoint file(s)")
-    p.add_argument("--dataset", required=True, help="fashion-mnist, cifar10 or an ImageFolder directory")
-    p.add_argument("--data-dir", default=None, help="where the named dataset lives")
-    p.add_argument("--split", default="test", choices=("test", "val", "train"), help="default test")
+    add_model_args(p, multiple=True)
+    add_dataset_args(p, split="test", batch_size=128)
     p.add_argument("--ten-crop", action="store_true", help="average the softmax over the paper's 10 crops")
-    p.add_argument("--limit", type=int, default=None, help="use a fixed random N images (all classes)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--out", default=None, help="write OUT/result.json (kind 'evaluate')")
+    add_device_arg(p)
+    add_out_arg(p, required=False, help="write OUT/result.json (kind 'evaluate')")
     p.set_defaults(func=run)
 
 
-def _check(args: argparse.Namespace) -> None:
-    if args.limit is not None and args.limit <= 0:
-        raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
-    if args.batch_size <= 0:
-        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-    for c in args.checkpoint:
-        if not Path(c).is_file():
-            raise FileNotFoundError(f"--checkpoint {c}: no such file (a convlens checkpoint, e.g. RUN/checkpoints/last.pt)")
-
-
 def run(args: argparse.Namespace) -> int:
-    _check(args)
-    device = resolve_device(args.device)
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..artifacts import write_result
+    from ..data import collate_skip
+    from ..evaluation import average_log_proba, predict_log_proba, topk_errors
+    from ._common import load_model_from_args, model_spec, open_dataset_from_args, resolve_device_arg
+
+    device = resolve_device_arg(args)
     mode = "tencrop" if args.ten_crop else "eval"
     rows: list[list] = []
     log_probas: list[torch.Tensor] = []
     labels = torch.empty(0, dtype=torch.long)
-    for spec in args.checkpoint:
-        loaded = load_model(spec, map_location=device)
-        ds = random_subset(open_dataset(args.dataset, args.split, loaded.preprocessing, data_dir=args.data_dir,
-                                        mode=mode), args.limit)
+    if args.checkpoint and len(args.checkpoint) > 1:
+        if args.arch is not None:
+            raise ValueError("--checkpoint with several files and --arch both given; expected one of them")
+        specs = list(args.checkpoint)
+    else:
+        specs = [str(model_spec(args))]
+    for spec in specs:
+        loaded = load_model_from_args(args, device, spec=spec)
+        ds = open_dataset_from_args(args, loaded, mode=mode, check_classes=True)
         loader = DataLoader(ds, args.batch_size, num_workers=args.workers, collate_fn=collate_skip)
         logp, y = predict_log_proba(loaded.model, loader, ten_crop=args.ten_crop, progress=True)
         if log_probas and not torch.equal(labels, y):
@@ -73,18 +64,20 @@ def run(args: argparse.Namespace) -> int:
         rows.append(_row(f"ensemble of {len(log_probas)}", args.ten_crop, ensemble))
     _print_table(rows)
     if args.out:
+        from ._common import run_params
+
         last = rows[-1]
         write_result(Path(args.out), "evaluate", title="Classification error (Table 2)",
                      summary=f"{last[0]} on {args.dataset} ({args.split}, {last[1]}): top-1 error {last[2]}, "
                      f"top-5 error {last[3]}",
-                     params={k: v for k, v in vars(args).items() if k != "func"}, figures=[],
+                     params=run_params(args), figures=[],
                      tables=[{"title": "Top-1 / top-5 error", "columns": COLUMNS, "rows": rows}],
                      data={"rows": [dict(zip(COLUMNS, r, strict=False)) for r in rows]})
         print(f"wrote {Path(args.out) / 'result.json'}")
     return 0
 
 
-def _row(name: str, ten_crop: bool, res: dict[str, float]) -> list:
+def _row(name: str, ten_crop: bool, res: dict[str, float]) -> list[Any]:
     return [name, "10" if ten_crop else "1", f"{res['top1_err']:.4f}", f"{res['top5_err']:.4f}",
             f"{res['loss']:.4f}", int(res["images"])]
 

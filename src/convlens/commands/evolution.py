@@ -9,11 +9,9 @@ consecutive columns underneath) and ``OUT/result.json``.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
-from typing import Any
 
-from .mine import add_model_args, check_positive, parse_layers, resolve_device
+from ._common import add_dataset_args, add_device_arg, add_out_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,13 +23,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "per-layer number for when the features stop changing.",
     )
     p.add_argument("--run", required=True, help="run directory with checkpoints/epoch_NNN.pt")
-    add_model_args(p)
-    p.add_argument("--split", default="train", help="split searched (default train, as in the paper)")
-    p.add_argument("--maps", type=int, default=8, help="random maps per layer (seeded)")
+    add_dataset_args(p, split="train", batch_size=64, workers=2)
+    p.add_argument("--layers", default=None,
+                   help="comma-separated layers (default conv1..conv5 of a convlens model; see 'convlens summary')")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random maps shown")
+    p.add_argument("--maps", type=positive_int, default=8, help="random maps per layer (seeded)")
     p.add_argument("--epochs", default=None,
                    help="comma-separated epochs (default: all if <= 8, else the paper's 1,2,5,10,20,30,40,64 that exist)")
     p.add_argument("--threshold", type=float, default=0.9, help="correlation that counts as 'stopped changing'")
-    p.add_argument("--out", default=None, help="output folder (default RUN/evolution)")
+    add_device_arg(p)
+    add_out_arg(p, required=False, help="output folder (default RUN/evolution)")
     p.set_defaults(func=run)
 
 
@@ -56,101 +57,30 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from ..checkpoint import load_model
-    from ..data import collate_skip, open_dataset
+    from ..data import collate_skip
     from ..evolution import feature_evolution, find_checkpoints
-    from ..topk import layer_features
+    from ..evolution_figures import write_evolution_outputs
+    from ..hooks import capture
+    from ._common import open_dataset_from_args, parse_layers, resolve_device_arg
 
-    check_positive(args, "maps", "limit", "batch-size")
     checkpoints = find_checkpoints(args.run)
     epochs = _epochs(args, checkpoints)
-    device = resolve_device(args.device)
+    device = resolve_device_arg(args)
     last = load_model(checkpoints[epochs[-1]], map_location=device)
-    layers = parse_layers(args.layers, last.model)
-    ds = open_dataset(args.dataset, args.split, last.preprocessing, data_dir=args.data_dir, limit=args.limit)
+    layers = parse_layers(args.layers, last)
+    ds = open_dataset_from_args(args, last)
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                         collate_fn=collate_skip)
     size = last.preprocessing.crop
-    with torch.no_grad():
-        shapes = layer_features(last.model, torch.zeros(1, 3, size, size, device=device), layers)
+    shapes = capture(last.model.eval(), torch.zeros(1, 3, size, size, device=device), layers)
     gen = torch.Generator().manual_seed(args.seed)
     maps = {layer: sorted(torch.randperm(a.shape[1], generator=gen)[:args.maps].tolist()) for layer, a in shapes.items()}
     models = ((e, load_model(checkpoints[e], map_location=device).model) for e in epochs)
     evo = feature_evolution(models, loader, ds, maps, threshold=args.threshold, progress=True)
     out = Path(args.out or Path(args.run) / "evolution")
-    write_evolution_outputs(args, evo, out, num_images=len(ds))
+    write_evolution_outputs(evo, out, num_images=len(ds), split=args.split,
+                            params={"run": str(args.run), "dataset": args.dataset, "split": args.split,
+                                    "layers": list(evo.maps), "maps": args.maps, "epochs": evo.epochs,
+                                    "limit": args.limit, "seed": args.seed, "threshold": evo.threshold})
     print(out / "result.json")
     return 0
-
-
-def write_evolution_outputs(args: argparse.Namespace, evo: Any, out: Path, num_images: int) -> None:
-    from ..artifacts import save_png, write_result
-
-    out.mkdir(parents=True, exist_ok=True)
-    pairs = [f"{a}→{b}" for a, b in zip(evo.epochs, evo.epochs[1:], strict=False)]
-    figures, rows, layers = [], [], {}
-    for layer in evo.maps:
-        mean = evo.mean_correlation(layer).tolist()
-        stable = evo.converged_epoch(layer)
-        save_png(evolution_grid(evo, layer), out / f"{layer}_evolution.png")
-        figures.append({"path": f"{layer}_evolution.png", "group": layer,
-                        "caption": f"{layer}: strongest activation of maps {', '.join(map(str, evo.maps[layer].tolist()))} "
-                                   f"(rows) at epochs {', '.join(map(str, evo.epochs))} (columns); below: mean "
-                                   f"correlation of consecutive columns; stable (r >= {evo.threshold}) from epoch "
-                                   f"{stable if stable is not None else '- (never)'}"})
-        rows.append([layer] + [_fmt(v) for v in mean] + [stable if stable is not None else "-"])
-        layers[layer] = {
-            "maps": evo.maps[layer].tolist(), "mean_correlation": [_num(v) for v in mean], "converged_epoch": stable,
-            "correlation": [[_num(v) for v in r] for r in evo.correlations[layer].tolist()],
-            "values": evo.values[layer].tolist(), "indices": evo.indices[layer].tolist(),
-        }
-    write_result(
-        out, "evolution", title="Feature evolution during training (Fig. 4)",
-        summary=f"Strongest activation over {num_images} {args.split} images of {args.maps} random maps per layer, "
-                f"at epochs {', '.join(map(str, evo.epochs))}, projected with the deconvnet; a layer counts as "
-                f"converged from the first epoch after which consecutive projections keep correlation >= {evo.threshold}.",
-        params={"run": str(args.run), "dataset": args.dataset, "split": args.split, "layers": list(evo.maps),
-                "maps": args.maps, "epochs": evo.epochs, "limit": args.limit, "seed": args.seed,
-                "threshold": evo.threshold},
-        figures=figures,
-        tables=[{"title": "Mean correlation of each map's projection between consecutive epochs",
-                 "columns": ["layer", *pairs, "stable from epoch"], "rows": rows}],
-        data={"epochs": evo.epochs, "threshold": evo.threshold, "layers": layers, "images": num_images},
-    )
-
-
-def _num(v: float) -> float | None:
-    return None if v != v else round(float(v), 4)  # NaN (dead map) -> null
-
-
-def _fmt(v: float) -> str:
-    return "-" if v != v else f"{v:.2f}"
-
-
-def evolution_grid(evo: Any, layer: str) -> Any:
-    """Rows = maps, columns = epochs; epoch labels on top, mean correlations of neighbours below."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    from ..viz import make_grid, normalize_for_display, to_uint8, upscale_nearest
-
-    proj = evo.projections[layer]  # (M, E, 3, S, S)
-    tiles = upscale_nearest(normalize_for_display(proj), max(1, math.ceil(48 / proj.shape[-1])))
-    m, e = tiles.shape[:2]
-    pad = 4
-    grid = make_grid(tiles.reshape(m * e, *tiles.shape[2:]), nrow=e, pad=pad, pad_value=1.0)
-    img = Image.fromarray(to_uint8(grid))
-    side = tiles.shape[-1] + pad
-    canvas = Image.new("RGB", (img.width + 60, img.height + 44), "white")
-    canvas.paste(img, (60, 18))
-    draw = ImageDraw.Draw(canvas)
-    for j, epoch in enumerate(evo.epochs):
-        draw.text((60 + pad + j * side, 3), f"ep {epoch}", fill="black")
-    for i, ch in enumerate(evo.maps[layer].tolist()):
-        draw.text((4, 18 + pad + i * side + side // 2 - 6), f"{layer}:{ch}", fill="black")
-    for j, r in enumerate(evo.mean_correlation(layer).tolist()):
-        draw.text((60 + pad + (j + 1) * side - 14, img.height + 20), _fmt(r), fill="black")
-    stable = evo.converged_epoch(layer)
-    draw.text((4, img.height + 20), "r:", fill="black")
-    draw.text((60, img.height + 32), f"stable (r>={evo.threshold}) from epoch {stable if stable is not None else '-'}",
-              fill="black")
-    return np.asarray(canvas)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from ._common import add_device_arg, add_model_args, add_out_arg
+
+if TYPE_CHECKING:
+    import torch
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,18 +24,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "feature vectors of the transformed and the original image at each layer, and the true-label probability.",
         epilog="example: convlens invariance --checkpoint C --images a.jpg b.jpg --layers conv1,fc7 --out runs/zf/invariance",
     )
-    p.add_argument("--checkpoint", default=None, help="a convlens checkpoint")
-    p.add_argument("--arch", default=None, help="instead of --checkpoint: torchvision:NAME")
-    p.add_argument("--weights", default=None, help="state_dict file for --arch")
+    add_model_args(p)
     p.add_argument("--images", nargs="+", required=True, help="image files")
     p.add_argument("--labels", default=None, help="comma-separated true class per image (default: predicted)")
-    p.add_argument("--layers", default="conv1,fc7", help="comma-separated layers (default conv1,fc7)")
+    p.add_argument("--layers", default=None,
+                   help="comma-separated layers (default conv1,fc7 of a convlens model, else the first and last "
+                        "default layers; see 'convlens summary')")
     p.add_argument("--translate", default=None,
                    help="vertical shifts in pixels, comma-separated (default: -60..60 step 10, scaled to the input size)")
     p.add_argument("--scale", default="0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5,1.6,1.7,1.8", help="scale factors")
     p.add_argument("--rotate", default=",".join(str(a) for a in range(0, 361, 15)), help="rotation angles in degrees")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
-    p.add_argument("--out", type=Path, required=True)
+    add_device_arg(p)
+    add_out_arg(p)
     p.set_defaults(func=run)
 
 
@@ -46,61 +49,25 @@ def _floats(text: str, flag: str) -> list[float]:
     return vals
 
 
-def render(curves: dict[str, Any], examples: dict[str, torch.Tensor], names: list[str], layers: list[str]) -> Any:
-    """Fig. 5 as a matplotlib Figure. ``examples[t]``: (K, 3, H, W) in [0, 1] (the first image transformed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..viz import make_grid
-
-    units = {"translate": "vertical translation (pixels)", "scale": "scale factor", "rotate": "rotation (degrees)"}
-    fig, ax = plt.subplots(len(curves), 2 + len(layers), figsize=(4.2 * (2 + len(layers)), 3.4 * len(curves)),
-                           squeeze=False)
-    for r, (t, c) in enumerate(curves.items()):
-        strip = make_grid(examples[t], nrow=len(examples[t]), pad=2)
-        ax[r, 0].imshow(strip.permute(1, 2, 0).numpy())
-        ax[r, 0].set_axis_off()
-        ax[r, 0].set_title(f"{t}: " + ", ".join(f"{v:g}" for v in _example_params(c.params)), fontsize=9)
-        for j, layer in enumerate(layers):
-            for i, n in enumerate(names):
-                ax[r, 1 + j].plot(c.params.numpy(), c.distances[layer][i].cpu().numpy(), marker=".", label=n)
-            ax[r, 1 + j].set_title(f"{layer}: Euclidean distance", fontsize=9)
-        for i, n in enumerate(names):
-            ax[r, -1].plot(c.params.numpy(), c.probs[i].cpu().numpy(), marker=".", label=n)
-        ax[r, -1].set_ylim(-0.02, 1.02)
-        ax[r, -1].set_title("P(true label)", fontsize=9)
-        for a in ax[r, 1:]:
-            a.set_xlabel(units[t], fontsize=8)
-            a.grid(alpha=0.3)
-    ax[0, -1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return fig
-
-
-def _example_params(params: torch.Tensor, k: int = 5) -> list[float]:
-    idx = torch.linspace(0, len(params) - 1, min(k, len(params))).round().long()
-    return [float(params[i]) for i in idx]
-
-
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..artifacts import markdown_table, write_result
     from ..invariance import invariance_curves, transform_images
-    from ..train import resolve_device
-    from .occlude import load
+    from ..invariance_figures import example_params, render_invariance
+    from ._common import load_image_arg, load_model_from_args, resolve_device_arg, run_params
 
-    device = resolve_device(args.device)
-    loaded = load(args, device)
+    device = resolve_device_arg(args)
+    loaded = load_model_from_args(args, device)
     pre = loaded.preprocessing
-    for p in args.images:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"--images: not found: {p}")
-    images = torch.stack([pre.load(p) for p in args.images]).to(device)
-    layers = [s.strip() for s in args.layers.split(",") if s.strip()]
+    images = torch.stack([load_image_arg(loaded, p, "--images") for p in args.images]).to(device)
+    layers = _layers(args.layers, loaded)
     labels = [int(v) for v in _floats(args.labels, "--labels")] if args.labels else None
     if labels is not None and len(labels) != len(images):
-        raise ValueError(f"--labels has {len(labels)} values for {len(images)} images")
+        raise ValueError(f"--labels has {len(labels)} values for {len(images)} images; give one class index per image")
+    n_out = len(loaded.class_names)
+    if labels is not None and any(not 0 <= v < n_out for v in labels):
+        raise ValueError(f"--labels {args.labels}: expected class indices in 0..{n_out - 1}")
     H = images.shape[-2]
     translate = _floats(args.translate, "--translate") if args.translate else \
         [float(round(v * H / 224)) for v in range(-60, 61, 10)]
@@ -108,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
     curves = {t: invariance_curves(loaded.model, images, transform=t, params=v, layers=layers, labels=labels)
               for t, v in sweeps.items()}
     examples = {t: torch.stack([pre.denormalize(transform_images(images[:1], t, v)[0].cpu())
-                                for v in _example_params(c.params)]) for t, c in curves.items()}
+                                for v in example_params(c.params)]) for t, c in curves.items()}
     names = [Path(p).stem[:24] for p in args.images]
     args.out.mkdir(parents=True, exist_ok=True)
-    render(curves, examples, names, layers).savefig(args.out / "invariance.png", dpi=80)
+    render_invariance(curves, examples, names, layers).savefig(args.out / "invariance.png", dpi=80)
     cls = loaded.class_names
     first = curves["translate"].labels
     cols = ["image", "true label", "clean P(true)"] + [f"max {t} distance {layer}" for t in sweeps for layer in layers[-1:]] \
@@ -129,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
                f"{min(sweeps['scale']):g}..{max(sweeps['scale']):g}, rotate {min(sweeps['rotate']):g}.."
                f"{max(sweeps['rotate']):g} deg; distances at {', '.join(layers)}; fill = mean (0)")
     write_result(args.out, "invariance", title="Feature invariance (Fig. 5)", summary=summary,
-                 params={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
-                 | {"identity": ident},
+                 params=run_params(args, loaded) | {"identity": ident, "layers": layers},
                  figures=[{"path": "invariance.png", "caption": "rows: vertical translation, scale, rotation; columns: "
                            "first image transformed, feature distance per layer, P(true label); one curve per image",
                            "group": "invariance"}],
@@ -140,6 +106,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _layers(text: str | None, loaded: Any) -> list[str]:
+    """--layers, or conv1,fc7 (the paper's) on a convlens model, else the first and last default layers."""
+    from ._common import default_layers, parse_layers
+
+    if text is None and hasattr(loaded.model, "layer_names"):
+        return parse_layers("conv1,fc7", loaded)
+    if text is None:
+        names = default_layers(loaded)
+        return [names[0], names[-1]] if len(names) > 1 else names
+    return parse_layers(text, loaded)
+
+
 def _clean_prob(model: Any, x: torch.Tensor, label: int) -> float:
+    import torch
+
     with torch.no_grad():
         return float(model(x).softmax(1)[0, label])

@@ -14,19 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-DEFAULT_LAYERS = "conv1,conv2,conv3,conv4,conv5"
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """Flags shared with ``convlens evolution``: data, batching, device."""
-    p.add_argument("--dataset", required=True, help="fashion-mnist, cifar10, or an ImageFolder directory")
-    p.add_argument("--data-dir", default=None, help="where the named dataset lives (cifar10: DIR/train, DIR/test)")
-    p.add_argument("--layers", default=DEFAULT_LAYERS, help=f"comma-separated layers (default {DEFAULT_LAYERS})")
-    p.add_argument("--limit", type=int, default=None, help="use N images spread evenly over the split (all classes)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random subset of maps shown")
+from ._common import add_dataset_args, add_device_arg, add_model_args, add_out_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,47 +25,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(one per image); they are projected with the deconvnet and shown beside their image "
                     "patches, as in Fig. 2 of Zeiler & Fergus.",
     )
-    p.add_argument("--checkpoint", default=None, help="a convlens checkpoint (.pt)")
-    p.add_argument("--arch", default=None, help="torchvision:NAME instead of --checkpoint (with --weights)")
-    p.add_argument("--weights", default=None, help="state_dict file for --arch")
     add_model_args(p)
-    p.add_argument("--split", default="test", help="dataset split to mine (default test: the paper uses validation data)")
-    p.add_argument("--k", type=int, default=9, help="activations kept per map (default 9)")
-    p.add_argument("--per-image", type=int, default=1, help="entries one image may give one map (default 1)")
-    p.add_argument("--maps", type=int, default=16, help="maps per layer in the grid figure (random, seeded)")
+    add_dataset_args(p, split="test", batch_size=64, workers=2)
+    p.add_argument("--layers", default=None,
+                   help="comma-separated layers (default: conv1..conv5 of a convlens model, else a few evenly "
+                        "spaced blocks; see 'convlens summary')")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random subset of maps shown")
+    p.add_argument("--k", type=positive_int, default=9, help="activations kept per map (default 9)")
+    p.add_argument("--per-image", type=positive_int, default=1, help="entries one image may give one map (default 1)")
+    p.add_argument("--maps", type=positive_int, default=16, help="maps per layer in the grid figure (random, seeded)")
     p.add_argument("--project", choices=["all", "grid"], default="all",
                    help="project every map's top-k (per-unit PNGs for the explorer) or only the grid's")
-    p.add_argument("--save-every", type=int, default=50, help="save resumable state every N batches")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--save-every", type=positive_int, default=50, help="save resumable state every N batches")
+    add_device_arg(p)
+    add_out_arg(p)
     p.set_defaults(func=run)
-
-
-def resolve_device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        name = f"cuda:{os.environ['LOCAL_RANK']}"
-    return torch.device(name)
-
-
-def parse_layers(text: str, model: Any) -> list[str]:
-    layers = [s.strip() for s in text.split(",") if s.strip()]
-    if not layers:
-        raise ValueError(f"--layers must list layer names like conv1,conv5, got {text!r}")
-    resolve = getattr(model, "resolve", None)
-    for layer in layers:
-        if resolve is not None:
-            resolve(layer)  # raises ValueError naming the known layers
-    return layers
-
-
-def check_positive(args: argparse.Namespace, *names: str) -> None:
-    for name in names:
-        v = getattr(args, name.replace("-", "_"))
-        if v is not None and v < 1:
-            raise ValueError(f"--{name} must be a positive integer, got {v}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,26 +47,24 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from .. import distributed
-    from ..checkpoint import load_model
-    from ..data import collate_skip, open_dataset
+    from ..data import collate_skip
     from ..topk import mine_top_activations
+    from ._common import load_model_from_args, open_dataset_from_args, parse_layers, resolve_device_arg
 
-    check_positive(args, "k", "per-image", "maps", "limit", "batch-size", "save-every")
-    if (args.checkpoint is None) == (args.arch is None):
-        raise ValueError("give exactly one of --checkpoint C (a convlens checkpoint) or --arch torchvision:NAME")
-    device = resolve_device(args.device)
+    device = resolve_device_arg(args)
     info = distributed.setup(device)
     try:
-        loaded = load_model(args.checkpoint or args.arch, weights=args.weights, map_location=device)
-        layers = parse_layers(args.layers, loaded.model)
-        ds = open_dataset(args.dataset, args.split, loaded.preprocessing, data_dir=args.data_dir, limit=args.limit)
+        loaded = load_model_from_args(args, device)
+        layers = parse_layers(args.layers, loaded)
+        ds = open_dataset_from_args(args, loaded)
         loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                             collate_fn=collate_skip, pin_memory=device.type == "cuda")
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         spec = args.checkpoint or f"{args.arch}:{args.weights}"
         stamp = os.stat(args.checkpoint or args.weights).st_mtime if (args.checkpoint or args.weights) else 0
-        key = f"{spec}@{stamp}|{args.dataset}|{args.data_dir}|{args.split}|{args.limit}"
+        key = (f"{spec}@{stamp}|{args.dataset}|{args.data_dir}|{args.split}|{args.limit}|{args.normalize}|"
+               f"{args.input_size}|{','.join(layers)}")
         tops = mine_top_activations(loaded.model, loader, layers, k=args.k, per_image=args.per_image,
                                     state_path=out / "mine.state", save_every=args.save_every, state_key=key,
                                     progress=True)

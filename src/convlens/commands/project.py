@@ -17,9 +17,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from ._common import add_device_arg, add_model_args, add_out_arg, positive_int
+from ._lazy import lazy_module
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,34 +39,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--channel 42 --out runs/zf/project;  convlens project --arch torchvision:mobilenet_v2 --weights "
         "mobilenet_v2_imagenet.pt --image dog.jpg --layer features.14.conv.0.2 --out out/project",
     )
-    p.add_argument("--checkpoint", default=None, help="a convlens checkpoint")
-    p.add_argument("--arch", default=None, help="instead of --checkpoint: torchvision:NAME (e.g. torchvision:mobilenet_v2)")
-    p.add_argument("--weights", default=None, help="state_dict file for --arch")
+    add_model_args(p)
     p.add_argument("--image", required=True, help="image file")
-    p.add_argument("--layer", default="conv5",
-                   help="layer: conv1..conv5, fc6, fc7 or a stage (convlens models); a dotted module name "
-                   "such as features.14.conv.0.2 (torchvision models). Default conv5")
+    p.add_argument("--layer", default=None,
+                   help="layer: conv1..conv5 or a stage (convlens models); any module path such as features.14 or "
+                   "layer2.1 (see 'convlens summary'). Default: conv5, else the deepest default layer")
     p.add_argument("--channel", type=int, default=None, help="feature map (default: the strongest in the image)")
-    p.add_argument("--top", type=int, default=9, help="number of strongest positions to project (default 9)")
+    p.add_argument("--top", type=positive_int, default=9, help="number of strongest positions to project (default 9)")
     p.add_argument("--rule", choices=("auto", "deconvnet", "guided", "gradient"), default="auto",
                    help="projection rule (default auto: the paper's deconvnet where max-pool switches make it "
                    "follow the image, guided backprop elsewhere; the choice and its reason are printed)")
     p.add_argument("--sanity", action="store_true",
                    help="also run the cascading weight-randomization sanity check (Adebayo et al. 2018)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sanity check's random weights")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
-    p.add_argument("--out", type=Path, required=True)
+    add_device_arg(p)
+    add_out_arg(p)
     p.set_defaults(func=run)
-
-
-def _load(args: argparse.Namespace, device: torch.device) -> Any:
-    from ..checkpoint import load_model
-
-    if (args.checkpoint is None) == (args.arch is None):
-        raise ValueError("give exactly one of --checkpoint C or --arch torchvision:NAME [--weights F]")
-    if args.checkpoint is not None:
-        return load_model(args.checkpoint, map_location=device)
-    return load_model(args.arch, weights=args.weights, map_location=device)
 
 
 def _strongest_channel(model: torch.nn.Module, x: torch.Tensor, layer: str) -> int:
@@ -111,14 +105,13 @@ def _sanity(model: torch.nn.Module, x: torch.Tensor, proj: Any, args: argparse.N
 def run(args: argparse.Namespace) -> int:
     from ..artifacts import save_png, write_result
     from ..deconv import project_topk, resolve_rule
+    from ._common import feature_map_layer, load_image_arg, load_model_from_args, resolve_device_arg
 
-    if args.top < 1:
-        raise ValueError(f"--top must be >= 1, got {args.top}")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    loaded = _load(args, device)
+    device = resolve_device_arg(args)
+    loaded = load_model_from_args(args, device)
     model = loaded.model
-    x = loaded.preprocessing.load(args.image).to(device)[None]  # (1, 3, H, W)
+    x = load_image_arg(loaded, args.image).to(device)[None]  # (1, 3, H, W)
+    args.layer = feature_map_layer(loaded, args.layer)
     channel = args.channel if args.channel is not None else _strongest_channel(model, x, args.layer)
     rule, reason = resolve_rule(model, args.layer, args.rule)
     print(f"rule: {rule} ({reason})")

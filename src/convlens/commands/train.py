@@ -11,12 +11,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tomllib
+from ._common import out_dir, positive_int
 
-from ..model import get_config
-from ..train import TrainConfig, fit
+if TYPE_CHECKING:
+    from ..train import TrainConfig
 
 _S = argparse.SUPPRESS  # flags left out do not override --config / the TrainConfig defaults
 
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", default=_S, help="architecture, e.g. zfnet-small, zfnet, zfnet-small:no34")
     p.add_argument("--dataset", default=_S, help="fashion-mnist, cifar10 or an ImageFolder directory")
     p.add_argument("--data-dir", dest="data_dir", default=_S, help="where the named dataset lives")
-    p.add_argument("--out", default=_S, help="run directory (required)")
+    p.add_argument("--out", type=lambda text: str(out_dir(text)), default=_S, help="run directory (required)")
     p.add_argument("--epochs", type=int, default=_S, help="number of epochs (default 10)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=_S, help="global mini-batch (default 128)")
     p.add_argument("--lr", type=float, default=_S, help="initial learning rate (default 0.01)")
@@ -52,10 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="divide inputs by the training pixel std (unit variance). Default: on with --init "
                    "kaiming (He init assumes unit-variance inputs), off with the paper's 0..255 recipe")
     p.add_argument("--seed", type=int, default=_S, help="random seed (default 0)")
-    p.add_argument("--limit-train", dest="limit_train", type=int, default=_S, help="train on a fixed random N training images (all classes)")
-    p.add_argument("--limit-val", dest="limit_val", type=int, default=_S, help="validate on a fixed random N test images")
-    p.add_argument("--limit", dest="limit_train", type=int, default=_S, help="alias of --limit-train")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=_S, help="default auto")
+    p.add_argument("--limit-train", dest="limit_train", type=positive_int, default=_S, metavar="N",
+                   help="train on a fixed random N training images (seeded; all classes)")
+    p.add_argument("--limit-val", dest="limit_val", type=positive_int, default=_S, metavar="N",
+                   help="validate on a fixed random N test images (seeded)")
+    p.add_argument("--device", default=_S, help="auto (default: CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true", default=_S, help="CUDA: bf16/fp16 autocast")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=_S,
                    help="channels_last memory format (faster convs and pooling on CPU and GPU)")
@@ -83,8 +84,27 @@ def _epochs_list(value: Any) -> tuple[int, ...] | None:
         raise ValueError(f"--checkpoint-epochs must be comma-separated integers like 1,5,10, got {value!r}") from None
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    """TOML with the standard library's ``tomllib`` (Python >= 3.11), else the ``tomli`` package."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise ValueError(f"--config {path}: reading TOML needs Python >= 3.11 or the tomli package "
+                             "(pip install tomli)") from None
+    try:
+        return dict(tomllib.loads(path.read_text()))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"--config {path}: not valid TOML ({exc})") from None
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig defaults <- ``--config`` TOML <- explicit flags."""
+    from ..model import get_config
+    from ..train import TrainConfig
+
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values: dict[str, Any] = {}
     run_config = Path(getattr(args, "out", "")) / "config.json"
@@ -94,7 +114,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.config is not None:
         if not args.config.is_file():
             raise FileNotFoundError(f"--config file not found: {args.config}")
-        values.update(tomllib.loads(args.config.read_text()))
+        values.update(_read_toml(args.config))
         unknown = sorted(set(values) - fields)
         if unknown:
             raise ValueError(f"--config {args.config}: unknown keys {unknown}; expected TrainConfig fields")
@@ -108,6 +128,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..train import fit
+
     cfg = config_from_args(args)
     result = fit(cfg, progress=True, argv=sys.argv[1:])
     if os.environ.get("RANK", "0") != "0":
