@@ -26,11 +26,16 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Approximation:
-    """Settings of the approximate mode (see the module docstring)."""
+    """Settings of the approximate mode (see the module docstring).
 
-    threshold: float | None = 0.4
-    coarse: int = 2
-    drill_fraction: float = 0.25
+    The defaults were chosen on mobilenet_v2 (ImageNet weights, 224 px, 50 px square at stride 12,
+    4 real images): about a quarter of the exact work, SSIM of the probability heatmap 0.87-0.99
+    (median 0.91). ``threshold=None, coarse=2, drill_fraction=0.2``: SSIM median 0.96 at 45%.
+    """
+
+    threshold: float | None = 0.6
+    coarse: int = 3
+    drill_fraction: float = 0.2
     quality: bool = False
 
     def __post_init__(self) -> None:
