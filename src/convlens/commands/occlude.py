@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channel", type=int, default=None, help="map of --layer (default: strongest in the image)")
     p.add_argument("--rule", choices=("deconvnet", "guided", "gradient"), default="deconvnet",
                    help="projection rule of panel (c) (default deconvnet, the paper's)")
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="occluders per batch (default: chosen per model)")
     p.add_argument("--no-incremental", action="store_true", help="plain batched forwards (for comparison)")
     add_device_arg(p)
     add_out_arg(p)
