@@ -15,6 +15,13 @@ ZFNet at 224 with random weights, random images held in memory (no decoding), co
     .venv/bin/python benchmarks/mining.py [--images 512] [--repeats 2] [--device cpu] [--projection-only]
 
 The last line is one JSON object; ``overhead`` = mining / bare forward (goal <= 1.15).
+
+Real-model mode (``--real``, :mod:`mining_real`): torchvision MobileNetV2 (the shared ImageNet
+weights when present, else random weights), the imagenet-sample folder (else synthetic JPEGs in a
+temporary ImageFolder), 3 block layers, every map projected; last line JSON with
+``overhead_with_projections`` and ``peak_rss_gb``.
+
+    .venv/bin/python benchmarks/mining.py --real [--images 1000] [--layers features.3,features.9,features.16]
 """
 from __future__ import annotations
 
@@ -24,8 +31,10 @@ import time
 
 import torch
 
+from convlens.mining import mine_top_activations
 from convlens.model import build_model
-from convlens.topk import TopKAccumulator, mine_top_activations, unit_tiles
+from convlens.tiles import unit_tiles
+from convlens.topk import TopKAccumulator
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
 
@@ -41,6 +50,14 @@ def timed(fn, device: torch.device) -> float:
 
 
 def main() -> None:
+    import sys
+
+    if "--real" in sys.argv:
+        from mining_real import main as real_main
+
+        sys.argv.remove("--real")
+        real_main()
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=64)

@@ -11,6 +11,7 @@ from convlens.data import (
     FASHION_MNIST_DIR,
     ImageFolderSafe,
     Preprocessing,
+    SkipLog,
     collate_skip,
     compute_mean,
     dataset_preprocessing,
@@ -69,13 +70,15 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, caplog):
     ds = open_dataset(str(root), "train", pre)
     assert len(ds) == 8
     skipped, seen = [], 0
-    for batch in DataLoader(ds, batch_size=3, collate_fn=collate_skip):
-        x, _y, _idx = batch
-        seen += len(x)
-        skipped += batch.skipped
+    with SkipLog() as skips:
+        for batch in DataLoader(ds, batch_size=3, collate_fn=collate_skip):
+            x, _y, _idx = batch
+            seen += len(x)
+            skipped += batch.skipped
     assert seen == 6 and len(skipped) == 2
     assert all("zz_corrupt" in s for s in skipped)
-    assert "skipping unreadable image" in caplog.text
+    assert sorted(skips.items) == sorted(skipped) and all(skips.items.values())  # named, with a reason
+    assert "skipped 2 unreadable image(s) (zz_corrupt" in skips.summary()
 
 
 def test_modes_shapes_and_cache(tmp_path):

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torchvision
 
+from conftest import SHARED, needs_shared
 from convlens.deconv import project_units
 from convlens.hooks import record_activations
 from convlens.rules import resolve_rule
@@ -51,3 +52,37 @@ def test_resolve_rule_explicit_and_errors():
         resolve_rule(model, "features.3", "lrp")
     with pytest.raises(ValueError, match="features"):
         resolve_rule(model, "featurs.3", "auto")
+
+
+def _pairwise_max_corr(tiles: torch.Tensor) -> float:
+    flat = tiles.flatten(1).double()
+    flat = flat - flat.mean(1, keepdim=True)
+    flat = flat / flat.norm(dim=1, keepdim=True)
+    c = flat @ flat.t()
+    return float((c - torch.eye(len(c), dtype=c.dtype)).max())
+
+
+@pytest.mark.slow
+@needs_shared
+def test_real_mobilenet_top9_projections_follow_their_images():
+    from torch.utils.data import DataLoader
+
+    from convlens.checkpoint import load_model
+    from convlens.data import collate_skip, open_dataset
+    from convlens.mining import mine_top_activations
+    from convlens.tiles import unit_tiles
+
+    weights = SHARED / "models" / "mobilenet_v2_imagenet" / "mobilenet_v2_imagenet.pt"
+    loaded = load_model("torchvision:mobilenet_v2", weights=weights)
+    ds = open_dataset(str(SHARED / "imagenet-sample"), "train", loaded.preprocessing, limit=12)
+    tops = mine_top_activations(loaded.model, DataLoader(ds, batch_size=6, collate_fn=collate_skip), ["features.6"])
+    top = tops["features.6"]
+    m = int(top.values[:, -1].argmax())  # a map live in all nine of its images
+    assert float(top.values[m, -1]) > 0 and len(set(top.dataset_indices[m].tolist())) == 9
+    tiles = unit_tiles(loaded.model, ds, top, [m])  # rule auto: guided on this net without max pooling
+    assert tiles.rule == "guided"
+    proj = tiles.projections[0]
+    assert (proj.flatten(1).abs().sum(1) > 0).all()
+    assert _pairwise_max_corr(proj) < 0.9  # nine different pictures, not one pattern nine times
+    blind = unit_tiles(loaded.model, ds, top, [m], rule="deconvnet").projections[0]
+    assert _pairwise_max_corr(blind) > 0.99  # what the paper's rule gives on this net: the same pattern

@@ -6,14 +6,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from convlens.mining import ShardSampler, mine_top_activations
 from convlens.model import build_model
-from convlens.topk import ShardSampler, TopKAccumulator, mine_top_activations
+from convlens.topk import TopKAccumulator, tie_key
 
 CONVS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
 
 
-def brute_force(acts: torch.Tensor, indices: torch.Tensor, k: int, per_image: int = 1):
-    """Oracle, all activations at once: numpy lexsort on (-value, dataset index, row-major position)."""
+def brute_force(acts: torch.Tensor, indices: torch.Tensor, k: int, per_image: int = 1, seed: int = 0):
+    """Oracle, all activations at once: numpy lexsort on (-value, tie key of the dataset index, row-major position)."""
     a = acts.reshape(acts.shape[0], acts.shape[1], -1).numpy() if acts.dim() == 4 else acts[:, :, None].numpy()
     n, c, hw = a.shape
     w = acts.shape[-1] if acts.dim() == 4 else 1
@@ -25,7 +26,7 @@ def brute_force(acts: torch.Tensor, indices: torch.Tensor, k: int, per_image: in
             pos = np.lexsort((np.arange(hw), -a[i, ch]))[:per_image]  # per image: largest, first in row-major
             cand += [(a[i, ch, p], idx[i], p) for p in pos]
         v, ii, pp = (np.array(t) for t in zip(*cand, strict=False))
-        order = np.lexsort((pp, ii, -v))[:k]
+        order = np.lexsort((pp, tie_key(torch.as_tensor(ii), seed).numpy(), -v))[:k]
         values.append(v[order]), dataset_indices.append(ii[order]), positions.append(pp[order])
     pos = torch.as_tensor(np.array(positions))
     return (torch.as_tensor(np.array(values)), torch.as_tensor(np.array(dataset_indices)),
@@ -59,10 +60,12 @@ def test_accumulator_equals_brute_force_with_ties(batch_size, per_image):
     if per_image == 1:
         torch.testing.assert_close(out["conv"].values, per_map.topk(9, dim=1).values, rtol=0, atol=0)
     dead = out["conv"]
-    if per_image == 1:  # every image ties at 0: the 9 smallest indices, each at its first position (0, 0)
-        assert dead.positions[4].eq(0).all() and dead.dataset_indices[4].tolist() == list(range(100, 109))
+    first = sorted(range(100, 170), key=lambda i: int(tie_key(torch.tensor(i))))  # the seeded order of the indices
+    if per_image == 1:  # every image ties at 0: 9 images in the seeded order, each at its first position (0, 0)
+        assert dead.positions[4].eq(0).all() and dead.dataset_indices[4].tolist() == first[:9]
+        assert dead.dataset_indices[4].tolist() != sorted(dead.dataset_indices[4].tolist())  # not file order
     else:  # 3 positions per image, in row-major order
-        assert dead.dataset_indices[4].tolist() == [100] * 3 + [101] * 3 + [102] * 3
+        assert dead.dataset_indices[4].tolist() == [first[0]] * 3 + [first[1]] * 3 + [first[2]] * 3
         assert dead.positions[4, :3].tolist() == [[0, 0], [0, 1], [0, 2]]
 
 
@@ -224,7 +227,7 @@ def test_bad_arguments():
 
 def test_patches_lie_inside_the_image_and_match_the_rf_box(tiny):
     from convlens.receptive_field import receptive_fields, unit_box
-    from convlens.topk import unit_tiles
+    from convlens.tiles import unit_tiles
 
     model, x, _ = tiny
     x = x[:10]
@@ -282,9 +285,20 @@ def test_cli_mine_end_to_end(tmp_path):
     conv5 = res["data"]["layers"]["conv5"]
     assert conv5["num_maps"] == 12 and len(conv5["maps"]) == 12
     entry = conv5["maps"]["3"][0]
-    assert set(entry) == {"rank", "value", "index", "image", "y", "x", "box", "projection", "patch"}
+    assert {"rank", "value", "index", "image", "y", "x", "box", "projection", "patch"} <= set(entry)
+    assert entry["class"] in ("cats", "dogs") and entry["class"] == res["data"]["class_names"][entry["label"]]
     assert entry["image"].startswith(str(root)) and (out / entry["projection"]).is_file() and (out / entry["patch"]).is_file()
     assert [e["rank"] for e in conv5["maps"]["3"]] == [0, 1, 2, 3]
+    assert conv5["rule"] == "deconvnet" and "pool" in conv5["rule_reason"] and conv5["saturated_maps"] == []
+    means = np.load(out / res["data"]["class_means"])
+    assert means["conv5"].shape == (12, 2) and means["conv5"].dtype == np.float32
+    assert means["__counts__"].tolist() == [3, 3]
+    saved = json.loads((out / "units" / "conv5" / "3.json").read_text())
+    assert saved["entries"] == conv5["maps"]["3"] and saved["rule"] == "deconvnet"
+    # a second run resumes: every map is found done, nothing is projected again
+    stamp = (out / entry["projection"]).stat().st_mtime_ns
+    assert main(argv) == 0
+    assert (out / entry["projection"]).stat().st_mtime_ns == stamp
     assert main([*argv[:-2], "--k", "0", "--out", str(out)]) == 2  # bad argument: exit code 2
 
 
@@ -300,3 +314,67 @@ def test_cli_mine_rejects_unknown_layer(tmp_path, capsys):
     code = main(["mine", "--checkpoint", str(tmp_path / "ck.pt"), "--dataset", str(tmp_path), "--layers", "conv9",
                  "--out", str(tmp_path / "o")])
     assert code == 2 and "conv9" in capsys.readouterr().err
+
+
+class Labelled(Dataset):
+    def __init__(self, x: torch.Tensor, labels: list[int]) -> None:
+        self.x, self.labels = x, labels
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.labels[i], i
+
+
+def test_saturated_relu6_ranked_by_pre_clip_value_not_dataset_order():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(num_classes=4).eval()
+    with torch.no_grad():
+        model.features[0][1].bias[:8] += 20.0  # channels 0..7 saturate ReLU6 in every image
+    x = torch.randn(20, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # oracle: the pre-clip value (BatchNorm output) and the clipped output
+        pre = model.features[0][1](model.features[0][0](x))
+    labels = [i % 4 for i in range(20)]
+    tops = {bs: mine_top_activations(model, DataLoader(Labelled(x, labels), batch_size=bs), ["features.0"], k=9)
+            for bs in (3, 20)}
+    top = tops[3]["features.0"]
+    assert top.ceiling == 6.0 and top.saturated[:8].all()
+    assert (top.values[:8] == 6.0).all()  # the raw ranking would be a 20-way tie at 6.0 in each of these maps
+    per_image = pre.flatten(2).amax(2).t()  # (C, N)
+    oracle = per_image.sort(dim=1, descending=True)
+    assert torch.equal(top.dataset_indices, oracle.indices[:, :9])
+    torch.testing.assert_close(top.scores, oracle.values[:, :9], rtol=0, atol=0)
+    assert all(top.dataset_indices[c].tolist() != sorted(top.dataset_indices[c].tolist()) for c in range(8))
+    assert torch.equal(tops[20]["features.0"].dataset_indices, top.dataset_indices)  # batch-size invariant
+    # the model is left as it was: in-place ReLU6 restored, no hooks
+    assert all(m.inplace for m in model.modules() if isinstance(m, torch.nn.ReLU6))
+    assert not any(m._forward_hooks for m in model.modules())
+    # class means of the per-image ranking statistic (pre-clip maximum)
+    lab = torch.tensor(labels)
+    want = torch.stack([per_image[:, lab == c].mean(1) for c in range(4)], 1)
+    torch.testing.assert_close(top.class_means, want, rtol=1e-5, atol=1e-5)
+    assert top.class_counts.tolist() == [5, 5, 5, 5] and top.labels[0, 0] == lab[top.dataset_indices[0, 0]]
+
+
+def test_class_means_and_labels_survive_resume_and_merge(tiny, tmp_path):
+    model, x, acts = tiny
+    x = x[:24]
+    labels = [(i * 7) % 5 for i in range(24)]
+    full = mine_top_activations(model, DataLoader(Labelled(x, labels), batch_size=4), ["conv2"], k=5, num_classes=6)
+    per_image = acts["conv2"][:24].flatten(2).amax(2).t()
+    lab = torch.tensor(labels)
+    want = torch.stack([per_image[:, lab == c].mean(1) for c in range(5)], 1).float()
+    got = full["conv2"].class_means
+    assert got.shape == (per_image.shape[0], 6) and got[:, 5].isnan().all()  # class 5 has no image
+    torch.testing.assert_close(got[:, :5], want, rtol=1e-6, atol=1e-6)
+    assert torch.equal(full["conv2"].labels, lab[full["conv2"].dataset_indices])
+    a, b = TopKAccumulator(["conv2"], k=5), TopKAccumulator(["conv2"], k=5)
+    a.update({"conv2": acts["conv2"][:10]}, torch.arange(10), lab[:10])
+    b.update({"conv2": acts["conv2"][10:24]}, torch.arange(10, 24), lab[10:])
+    a.merge(b)
+    merged = a.result(6)["conv2"]
+    torch.testing.assert_close(merged.class_means, got, rtol=1e-6, atol=1e-6, equal_nan=True)
+    assert torch.equal(merged.dataset_indices, full["conv2"].dataset_indices)

@@ -27,7 +27,7 @@ _EXPORTS = {
     "sanity_check": "sanity", "receptive_fields": "receptive_field", "unit_box": "receptive_field",
     "axis_receptive_fields": "receptive_field",
     # top-9 and evolution (Fig. 2, Fig. 4)
-    "TopKAccumulator": "topk", "TopActivations": "topk", "mine_top_activations": "topk", "unit_tiles": "topk",
+    "TopKAccumulator": "topk", "TopActivations": "topk", "mine_top_activations": "mining", "unit_tiles": "tiles",
     "feature_evolution": "evolution",
     # occlusion, correspondence, invariance (Fig. 5, 7, 8, Table 1)
     "OcclusionMap": "occlusion", "occlusion_map": "occlusion", "Correspondence": "correspondence",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import logging
 import os
 import random
 import signal
@@ -16,10 +17,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._lock import LOCK_NAME, OutputLocked, lock_output, remove_stale_temporaries
 from .artifacts import write_result
 
+log = logging.getLogger(__name__)
+
+__all__ = ["LOCK_NAME", "METRICS_COLUMNS", "OutputLocked", "lock_output", "remove_stale_temporaries"]
+
 METRICS_COLUMNS = ("epoch", "train_loss", "train_top1_err", "train_top5_err", "val_loss", "val_top1_err",
-                   "val_top5_err", "lr", "seconds")
+                   "val_top5_err", "lr")
+"""The columns of ``metrics.csv``: deterministic numbers only (wall-clock seconds per epoch are in
+``result.json``), so that the same command gives the same file, killed and resumed or not."""
+RESULT_COLUMNS = (*METRICS_COLUMNS, "seconds")
 
 
 @contextlib.contextmanager
@@ -82,10 +91,53 @@ def _fmt(v: float) -> str:
     return "" if v != v else f"{v:.6g}"  # NaN (no validation set) -> empty cell
 
 
+def existing_run(out: Path) -> str:
+    """What of a training run ``out`` holds (checkpoints, metrics rows), or "" when there is nothing
+    that a new run would overwrite (a folder with only ``config.json``/``mean.pt`` from a run killed
+    before its first checkpoint is not a run: starting over loses nothing)."""
+    found = []
+    ckpts = sorted(p.name for p in (out / "checkpoints").glob("*.pt")) if (out / "checkpoints").is_dir() else []
+    if ckpts:
+        found.append("checkpoints/" + (", ".join(ckpts) if len(ckpts) <= 3 else f"{ckpts[0]} ... {ckpts[-1]}"))
+    metrics = out / "metrics.csv"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        found.append("metrics.csv")
+    return " and ".join(found)
+
+
+def find_resume_checkpoint(ckpt_dir: Path, map_location: str | torch.device = "cpu"
+                           ) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of a run that loads: ``last.pt`` or the highest ``epoch_NNN.pt``,
+    whichever holds the later epoch (a kill while ``last.pt`` is written leaves ``epoch_NNN.pt``);
+    unreadable files are logged and passed over. None when there is none."""
+    from .checkpoint import load_checkpoint
+
+    if not ckpt_dir.is_dir():
+        return None
+    numbered = sorted((p for p in ckpt_dir.glob("epoch_*.pt") if p.stem[6:].isdigit()),
+                      key=lambda p: int(p.stem[6:]), reverse=True)
+    best: tuple[Path, dict[str, Any]] | None = None
+    for path in [ckpt_dir / "last.pt", *numbered]:
+        if not path.is_file():
+            continue
+        try:
+            state = load_checkpoint(path, map_location=map_location)
+            if "history" not in state or "optimizer" not in state or state.get("epoch") is None:
+                raise ValueError("not a training checkpoint (no optimizer state or history)")
+        except (ValueError, OSError, RuntimeError, EOFError) as exc:
+            log.warning("resume: passing over %s (%s)", path, exc)
+            continue
+        if best is None or int(state["epoch"]) > int(best[1]["epoch"]):
+            best = (path, state)
+        if path.name != "last.pt":
+            break  # the highest numbered file that loads; older ones cannot be newer
+    return best
+
+
 def write_train_result(out: Path, cfg: Any, rows: list[dict[str, float]], argv: list[str]) -> None:
     last = rows[-1] if rows else {}
-    table = {"title": "Per-epoch metrics", "columns": list(METRICS_COLUMNS),
-             "rows": [[int(r["epoch"])] + [_fmt(r[c]) for c in METRICS_COLUMNS[1:]] for r in rows]}
+    table = {"title": "Per-epoch metrics", "columns": list(RESULT_COLUMNS),
+             "rows": [[int(r["epoch"])] + [_fmt(r.get(c, float("nan"))) for c in RESULT_COLUMNS[1:]] for r in rows]}
     summary = (f"{cfg.arch} on {cfg.dataset}, {len(rows)} epochs: val top-1 error "
                f"{last.get('val_top1_err', float('nan')):.4f}, top-5 {last.get('val_top5_err', float('nan')):.4f}")
     write_result(out, "train", title="Training (Sec. 3)", summary=summary, params=dataclasses.asdict(cfg),

@@ -6,8 +6,11 @@ see :data:`convlens.model.VARIANTS`) with the same recipe, seed and data through
 :func:`convlens.train.fit`, each into ``out/<variant>/`` (the base into ``out/base/``), and
 tabulates train top-1, val top-1 and val top-5 error per variant in Table 3's layout.
 
-Resumable per variant: a variant whose ``metrics.csv`` already has ``epochs`` rows is skipped
-(its last row is read back), a partial one (``checkpoints/last.pt`` present) is resumed.
+Resumable per variant, and safe to kill at any point: a variant whose ``metrics.csv`` already has
+``epochs`` rows is skipped (its last row is read back); a started one (``config.json`` or a
+checkpoint present) is resumed by :func:`~convlens.train.fit`, which restores ``metrics.csv`` from
+its newest checkpoint, so a rerun of the same command ends with the same numbers as an
+uninterrupted one.
 "Train top-1" is the running training error of the last epoch as :func:`~convlens.train.fit`
 reports it (with dropout and augmentation on), not a separate pass over the training set.
 With ``ensemble=True`` an extra Table 2-style row averages the softmax of all variants' final
@@ -106,6 +109,15 @@ def _read_metrics(run: Path) -> list[dict[str, float]]:
         return [{k: (float(v) if v != "" else float("nan")) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def _seconds(run: Path) -> float:
+    """Training time of a run: the sum of its epochs' seconds in ``result.json`` (0 when unknown)."""
+    try:
+        history = json.loads((run / "result.json").read_text())["data"]["history"]
+        return float(sum(float(h.get("seconds") or 0.0) for h in history))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
 def _count_params(arch: str, run: Path) -> int:
     cfg_path = run / "config.json"
     num_classes = json.loads(cfg_path.read_text()).get("num_classes") if cfg_path.is_file() else None
@@ -142,7 +154,7 @@ def ablate(cfg: object, variants: Sequence[str], *, out: str | Path, datasets: o
             status, final = "skipped", history[epochs - 1]
             log.info("%s: finished earlier (%d epochs), skipped", arch, epochs)
         else:
-            resume = (run / "checkpoints" / "last.pt").is_file()
+            resume = (run / "config.json").is_file() or (run / "checkpoints").is_dir()
             status = "resumed" if resume else "trained"
             log.info("%s: %s into %s", arch, "resuming" if resume else "training", run)
             final = fit(cfg.replace(arch=arch, out=str(run), resume=resume),  # type: ignore[attr-defined]
@@ -151,7 +163,7 @@ def ablate(cfg: object, variants: Sequence[str], *, out: str | Path, datasets: o
         rows.append(AblationRow(variant_dir(variant) if variant not in ("", "base") else "base", arch, describe(arch),
                                 _count_params(arch, run), int(final["epoch"]), float(final["train_top1_err"]),
                                 float(final["val_top1_err"]), float(final["val_top5_err"]),
-                                float(sum(h.get("seconds", 0.0) for h in history)), status))
+                                _seconds(run), status))
     ens = _ensemble(cfg, [Path(out) / variant_dir(v) for v in variants], datasets) if ensemble else None
     return AblationResult(rows, ens, {"base": cfg.arch, "epochs": cfg.epochs, "variants": list(variants)})  # type: ignore[attr-defined]
 

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["SCHEMA", "atomic_write", "markdown_table", "read_result", "save_png", "to_jsonable", "write_json", "write_result"]
+__all__ = ["SCHEMA", "atomic_write", "markdown_table", "read_result", "save_figure", "save_png", "to_jsonable",
+           "write_json", "write_result", "write_text"]
 
 SCHEMA = "convlens.result/1"
 
@@ -52,7 +53,7 @@ def to_jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot store {type(obj).__name__} in JSON")
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], *, binary: bool = False) -> Path:
+def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], *, binary: bool = False) -> Path:
     """Write through ``write(file)`` to a temporary file in the same folder, fsync, then rename over
     ``path``: a crash never leaves a half-written file."""
     path = Path(path)
@@ -107,9 +108,11 @@ def read_result(path: str | Path) -> dict[str, Any]:
 
 
 def save_png(img: torch.Tensor | np.ndarray, path: str | Path) -> Path:
-    """Save an image: a float tensor (3, H, W) / (H, W) in [0, 1], or a uint8 (H, W[, 3]) array."""
+    """Save an image: a float tensor (3, H, W) / (H, W) in [0, 1], or a uint8 (H, W[, 3]) array.
+
+    Written atomically (a temporary file renamed over ``path``): a reader or a killed run never
+    sees a half-written PNG."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(img, torch.Tensor):
         t = img.detach().cpu().float().clamp(0, 1)
         if t.dim() == 3:
@@ -121,8 +124,22 @@ def save_png(img: torch.Tensor | np.ndarray, path: str | Path) -> Path:
         arr = np.asarray(img)
         if arr.dtype != np.uint8:
             raise ValueError(f"numpy images must be uint8 (H, W[, 3]), got {arr.dtype}")
-    Image.fromarray(arr).save(path)
-    return path
+    image = Image.fromarray(arr)
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    return atomic_write(path, lambda f: image.save(f, format=fmt), binary=True)
+
+
+def save_figure(fig: Any, path: str | Path, **savefig_kw: Any) -> Path:
+    """Save a matplotlib figure atomically (``fig.savefig`` into a temporary file, then rename); the
+    format comes from the suffix."""
+    path = Path(path)
+    fmt = savefig_kw.pop("format", None) or path.suffix.lstrip(".").lower() or "png"
+    return atomic_write(path, lambda f: fig.savefig(f, format=fmt, **savefig_kw), binary=True)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file (Markdown tables, HTML) atomically."""
+    return atomic_write(path, lambda f: f.write(text))
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -9,10 +9,15 @@ optional extra, ``RuntimeError`` from torch such as an input the model cannot ta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import pkgutil
 import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 from . import commands
 
@@ -71,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(args.verbose)
     try:
-        return int(args.func(args) or 0)
+        with _output_lock(args), _skip_report(args):
+            return int(args.func(args) or 0)
     except EXPECTED_ERRORS as exc:
         if args.debug:
             raise
@@ -80,6 +86,47 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def _output_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """One writer per output folder: hold ``OUT/.convlens.lock`` for the whole command when it has an
+    ``--out`` (a second process on the same folder gets ``error: ... in use by ...``, exit 2). Under
+    torchrun only rank 0 takes it."""
+    out = getattr(args, "out", None)
+    if not out or getattr(args, "command", None) in _NO_OUTPUT_LOCK or os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    from ._lock import lock_output
+
+    return lock_output(out)
+
+
+_NO_OUTPUT_LOCK: frozenset[str] = frozenset()  # commands whose --out is not a folder they write
+
+
+@contextlib.contextmanager
+def _skip_report(args: argparse.Namespace) -> Iterator[None]:
+    """Images the command skipped (unreadable, over the pixel cap): one warning at the end, and the
+    list (path and reason) added to the command's ``OUT/result.json`` as ``data.skipped_images``."""
+    from .sources import SkipLog
+
+    started = time.time()
+    with SkipLog() as skips:
+        yield
+    if not len(skips):
+        return
+    logging.getLogger("convlens").warning("%s", skips.summary())
+    out = getattr(args, "out", None)
+    result = Path(out) / "result.json" if out else None
+    if result is None or not result.is_file() or result.stat().st_mtime < started - 1:
+        return
+    from .artifacts import read_result, write_json
+
+    try:
+        doc = read_result(result)
+        doc.setdefault("data", {})["skipped_images"] = skips.to_json()
+        write_json(doc, result)
+    except (ValueError, OSError) as exc:
+        logging.getLogger("convlens").warning("could not list the skipped images in %s: %s", result, exc)
 
 
 if __name__ == "__main__":

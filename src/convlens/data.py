@@ -11,9 +11,11 @@ Normalized space: ``x = (pixel_0_255 - mean) / std`` with ``std = 1`` for the pa
 is the training mean, i.e. the paper's grey occluder. ``Preprocessing.denormalize`` is the only
 way back to displayable [0, 1] pixels.
 
-Datasets yield ``(image, label, index)``. Images that cannot be read are logged with their path,
-counted and skipped (``collate_skip`` drops them from the batch and lists them in
-``batch.skipped``); a corrupt file never stops a run.
+Datasets yield ``(image, label, index)``. Images that cannot be read (corrupt, truncated, not an
+image, over the pixel cap of :mod:`convlens.imaging`) are counted and skipped (``collate_skip``
+drops them from the batch and lists them in ``batch.skipped``), and named with the reason in every
+active :class:`SkipLog` (the CLI keeps one per command: one warning, and the list in the command's
+``result.json`` under ``data.skipped_images``); a corrupt file never stops a run.
 """
 from __future__ import annotations
 
@@ -28,10 +30,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .artifacts import atomic_write
 from .sources import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
     ImageFolderSafe,
+    SkipLog,
     TensorImages,
     cifar10,
     fashion_mnist,
@@ -48,6 +52,7 @@ __all__ = [
     "Batch",
     "ImageFolderSafe",
     "Preprocessing",
+    "SkipLog",
     "TensorImages",
     "TransformedDataset",
     "cifar10",
@@ -133,8 +138,11 @@ class Preprocessing:
         return x[:, o:o + self.crop, o:o + self.crop].contiguous()
 
     def load(self, path: str | Path) -> torch.Tensor:
-        """Read an image file -> normalized center crop (3, crop, crop)."""
-        return self.center(load_image(path))
+        """Read an image file -> normalized center crop (3, crop, crop).
+
+        Decoded under the pixel cap of :mod:`convlens.imaging`, at a reduced size when the file is
+        much larger than ``resize`` (ValueError for an unreadable or too large file)."""
+        return self.center(load_image(path, target_size=self.resize))
 
     def to_dict(self) -> dict[str, Any]:
         return {"resize": self.resize, "crop": self.crop, "mean": self.mean.cpu(), "std": self.std.cpu(),
@@ -251,7 +259,8 @@ def compute_mean(raw: Dataset, *, limit: int | None = None, batch_size: int = 25
 
     n = len(raw) if limit is None else min(limit, len(raw))  # type: ignore[arg-type]
     loader = DataLoader(Subset(raw, range(n)), batch_size=batch_size, num_workers=workers,
-                        collate_fn=lambda items: [it[0] for it in items if it[0] is not None])
+                        collate_fn=lambda items: [it[0] for it in items if it[0] is not None],
+                        generator=torch.Generator().manual_seed(0))  # never draws from the global RNG
     total, count = None, 0
     for xs in tqdm(loader, desc="mean image", unit="batch", disable=not progress):
         if not xs:
@@ -284,10 +293,7 @@ def dataset_preprocessing(name: str, *, crop: int, data_dir: str | Path | None =
     raw = open_raw(name, "train", size=resize, data_dir=data_dir)
     mean = compute_mean(raw, limit=limit, progress=progress)
     if cache is not None:
-        Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(str(cache) + ".tmp")
-        torch.save(mean, tmp)
-        tmp.replace(cache)
+        atomic_write(cache, lambda f: torch.save(mean, f), binary=True)
     return paper_preprocessing(mean, crop=crop, resize=resize)
 
 

@@ -97,5 +97,5 @@ def fig2_sheets(blocks: Sequence[torch.Tensor], title: Sequence[str], *, maps_pe
         lines = list(title)
         if len(chunks) > 1 and lines:
             lines[0] = f"{lines[0]}  (sheet {i + 1}/{len(chunks)})"
-        sheets.append(vstack([text_block(lines, grid.shape[-1], size=13, pad=6), grid]))
+        sheets.append(vstack([text_block(lines, grid.shape[-1], size=13, pad=6, wrap=True), grid]))
     return sheets

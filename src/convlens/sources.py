@@ -7,17 +7,24 @@ A raw source yields ``(pixels01 (3, S, S) at base resolution, or None if unreada
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
+import json
 import logging
+import os
 import struct
+import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
+
+from .imaging import open_image
 
 log = logging.getLogger("convlens.data")
 
@@ -26,10 +33,12 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "IMG_EXTENSIONS",
     "ImageFolderSafe",
+    "SkipLog",
     "TensorImages",
     "cifar10",
     "fashion_mnist",
     "load_image",
+    "note_skipped",
     "open_raw",
     "resize_center_crop",
 ]
@@ -41,21 +50,116 @@ FASHION_MNIST_CLASSES = (
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as RGB (grayscale and palette images become 3-channel).
+class SkipLog:
+    """Collects the images skipped while it is active (``with SkipLog() as skips:``): unreadable
+    files and files over the pixel cap, each with the reason, for one warning and ``result.json``.
+
+    Sources report through :func:`note_skipped`, in whichever process decodes: DataLoader worker
+    processes append to a spool file named by the ``CONVLENS_SKIP_SPOOL`` environment variable,
+    which the log sets while it is active (and reads back in :attr:`items`).
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._spool: Path | None = None
+        self._previous: str | None = None
+        self._pid = os.getpid()
+
+    def add(self, description: str, reason: str) -> None:
+        with self._lock:
+            self._items.setdefault(str(description), reason)
+
+    @property
+    def items(self) -> dict[str, str]:
+        """``{image: reason}`` of every image skipped so far, in this process or its workers."""
+        if self._spool is not None and self._spool.is_file():
+            for line in self._spool.read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    entry = json.loads(line)
+                    self.add(entry["image"], entry["reason"])
+        with self._lock:
+            return dict(self._items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __enter__(self) -> SkipLog:
+        fd, name = tempfile.mkstemp(prefix="convlens-skipped-", suffix=".jsonl")
+        os.close(fd)
+        self._spool = Path(name)
+        self._pid = os.getpid()
+        self._previous = os.environ.get(_SPOOL_ENV)
+        os.environ[_SPOOL_ENV] = name
+        with _ACTIVE_LOCK:
+            _ACTIVE.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with _ACTIVE_LOCK:
+            if self in _ACTIVE:
+                _ACTIVE.remove(self)
+        if self._spool is not None:
+            self.items  # noqa: B018 (read the workers' entries before the spool goes)
+            self._spool.unlink(missing_ok=True)
+            self._spool = None
+        if self._previous is None:
+            os.environ.pop(_SPOOL_ENV, None)
+        else:
+            os.environ[_SPOOL_ENV] = self._previous
+
+    def to_json(self) -> list[dict[str, str]]:
+        """``[{"image": path, "reason": why}, ...]`` sorted by path."""
+        return [{"image": k, "reason": v} for k, v in sorted(self.items.items())]
+
+    def summary(self, shown: int = 5) -> str:
+        """One line: how many images were skipped and the first few names with their reasons."""
+        items = sorted(self.items.items())
+        names = "; ".join(f"{Path(k).name}: {v}" for k, v in items[:shown])
+        more = f"; and {len(items) - shown} more" if len(items) > shown else ""
+        return f"skipped {len(items)} unreadable image(s) ({names}{more})"
+
+
+_SPOOL_ENV = "CONVLENS_SKIP_SPOOL"
+_ACTIVE: list[SkipLog] = []
+_ACTIVE_LOCK = threading.Lock()
+
+
+def note_skipped(description: str, exc: BaseException | str) -> None:
+    """Record a skipped image in the active :class:`SkipLog` (in this process, or through the spool
+    file from a worker process) and at debug level in the log."""
+    reason = str(exc)
+    for prefix in (f"cannot read image {description}: ", f"image {description} "):
+        if reason.startswith(prefix):
+            reason = reason[len(prefix):]
+            break
+    log.debug("skipping unreadable image %s (%s)", description, reason)
+    with _ACTIVE_LOCK:  # (a forked worker inherits copies of the parent's logs: not these)
+        active = [s for s in _ACTIVE if s._pid == os.getpid()]
+    for skips in active:
+        skips.add(str(description), reason)
+    spool = os.environ.get(_SPOOL_ENV)
+    if spool and not active:  # a worker process: append one line (O_APPEND writes of a line do not interleave)
+        with contextlib.suppress(OSError):
+            fd = os.open(spool, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, (json.dumps({"image": str(description), "reason": reason}) + "\n").encode())
+            finally:
+                os.close(fd)
+
+
+def load_image(path: str | Path, *, max_pixels: int | None = None, target_size: int | None = None) -> Image.Image:
+    """Open an image file as RGB (grayscale, palette, CMYK, 16-bit images become 8-bit 3-channel).
+
+    The decoding policy of :func:`convlens.imaging.open_image`: a pixel cap checked before decoding
+    (``max_pixels``), large images decoded at a reduced size when ``target_size`` is small.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a readable image.
+        ValueError: the file is not a readable image, or is over the pixel cap
+            (:class:`convlens.imaging.ImageTooLarge`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from None
+    return open_image(path, max_pixels=max_pixels, target_size=target_size)
 
 
 def resize_center_crop(img: Image.Image | torch.Tensor, size: int) -> torch.Tensor:
@@ -89,7 +193,7 @@ class ImageFolderSafe(Dataset):
     and center-cropped, or ``(None, label)`` for a file that cannot be decoded.
     """
 
-    def __init__(self, root: str | Path, size: int) -> None:
+    def __init__(self, root: str | Path, size: int, *, max_pixels: int | None = None) -> None:
         from torchvision.datasets.folder import find_classes, make_dataset
 
         self.root = Path(root)
@@ -103,6 +207,7 @@ class ImageFolderSafe(Dataset):
             ) from None
         self.samples = make_dataset(str(self.root), class_to_idx, extensions=IMG_EXTENSIONS)
         self.size = size
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -113,9 +218,10 @@ class ImageFolderSafe(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int]:
         path, label = self.samples[index]
         try:
-            return resize_center_crop(load_image(path), self.size), label
-        except (ValueError, OSError) as exc:
-            log.warning("skipping unreadable image %s (%s)", path, exc)
+            img = open_image(path, max_pixels=self.max_pixels, target_size=self.size)
+            return resize_center_crop(img, self.size), label
+        except (ValueError, OSError) as exc:  # unreadable, over the pixel cap, vanished
+            note_skipped(path, exc)
             return None, label
 
 

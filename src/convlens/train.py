@@ -11,9 +11,18 @@ top-1 error, ``plateau_patience`` epochs) rather than manual; ``init="kaiming"``
 weights, which train small nets from scratch without the paper init's long initial plateau;
 ``warmup_epochs`` ramps the learning rate linearly from 0.1x over the first epochs.
 
-Determinism: each epoch's shuffle comes from ``seed + epoch`` (the DistributedSampler rule, also
-used in one process), and checkpoints hold the RNG states, so on CPU ``2 epochs`` equals
-``1 epoch + resume + 1 epoch`` bit for bit.
+Determinism: every random stream comes from the run's seed, whatever is cached in the run folder
+(see :mod:`convlens.train_data`): each epoch's shuffle comes from ``seed + epoch`` (the
+DistributedSampler rule, also used in one process), and the global RNG (augmentation, dropout) is
+seeded just before the first epoch. Checkpoints hold the RNG states and the metrics history, so on
+CPU (``workers=0``) ``2 epochs`` equals ``1 epoch + resume + 1 epoch`` bit for bit, and a run
+killed at any point and continued with ``resume`` ends with the same weights and ``metrics.csv``.
+
+Kill safety: the checkpoint is the single source of truth. ``checkpoints/last.pt`` (and
+``epoch_NNN.pt``) are written atomically first, then ``metrics.csv`` is rewritten whole from the
+checkpoint's history; ``resume`` takes the newest checkpoint that loads (``last.pt``, else the
+highest ``epoch_NNN.pt``), rewrites ``metrics.csv`` and ``result.json`` from it, and continues. A
+second ``fit`` into a folder that holds a run refuses unless ``resume`` is set.
 """
 from __future__ import annotations
 
@@ -30,25 +39,29 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, default_collate
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import data, distributed
+from . import distributed
 from ._rundir import (
     METRICS_COLUMNS,
     atomic_write_text,
     defer_sigint,
+    existing_run,
+    find_resume_checkpoint,
+    lock_output,
     rng_state,
     set_rng_state,
     write_metrics,
     write_train_result,
 )
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import save_checkpoint
 from .device import resolve_device
 from .distributed import DistInfo, all_reduce_sum
 from .evaluation import average_log_proba, device_of, evaluate, predict_log_proba, topk_correct, topk_errors
 from .model import ConvNet, get_config, init_weights
+from .train_data import RunData, identity_preprocessing, make_loader, open_run_data, random_subset
+from .train_data import collate as _collate
 
 __all__ = [
     "METRICS_COLUMNS",
@@ -59,6 +72,7 @@ __all__ = [
     "evaluate",
     "fit",
     "make_loader",
+    "open_run_data",
     "predict_log_proba",
     "random_subset",
     "renormalize_filters",
@@ -149,21 +163,6 @@ def renormalize_filters(model: nn.Module, radius: float) -> None:
             rms = w.float().pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()  # (out, 1, 1, 1)
             scale = torch.where(rms > radius, radius / rms, torch.ones_like(rms))
             w.mul_(scale.to(w.dtype))
-
-
-def make_loader(
-    dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, workers: int = 0, dist_info: DistInfo | None = None
-) -> DataLoader:
-    """A DataLoader with the DistributedSampler rule in one process too (shuffle from seed + epoch).
-
-    ``batch_size`` is global; each rank gets ``batch_size // world_size``. Call
-    ``loader.sampler.set_epoch(epoch)`` before each epoch (``fit`` does).
-    """
-    info = dist_info or DistInfo()
-    sampler: DistributedSampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=train, seed=seed)
-    per_rank = max(1, batch_size // info.world_size)
-    return DataLoader(dataset, per_rank, sampler=sampler, num_workers=workers, collate_fn=_collate,
-                      persistent_workers=workers > 0)
 
 
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
@@ -278,20 +277,17 @@ def fit(cfg: TrainConfig, *, progress: bool = False, datasets: RunData | None = 
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
+    lock = lock_output(cfg.out) if cfg.out and info.main else contextlib.nullcontext()
     try:
-        return _Run(cfg, device, info, datasets, list(argv or []), progress).train(progress)
+        with lock:
+            if cfg.out and not cfg.resume:
+                found = existing_run(Path(cfg.out))
+                if found:
+                    raise ValueError(f"{cfg.out} already holds a training run ({found}); pass --resume to "
+                                     "continue it, or choose a new --out (nothing was overwritten)")
+            return _Run(cfg, device, info, datasets, list(argv or []), progress).train(progress)
     finally:
         distributed.teardown(info)
-
-
-@dataclass(frozen=True)
-class RunData:
-    """What ``fit`` trains on: datasets yielding ``(x, y, ...)``, class names, the preprocessing."""
-
-    train: Dataset
-    val: Dataset | None
-    class_names: tuple[str, ...]
-    preprocessing: Any = None  # data.Preprocessing; saved with every checkpoint
 
 
 class _Run:
@@ -301,12 +297,10 @@ class _Run:
                  argv: list[str], progress: bool) -> None:
         self.cfg, self.device, self.info, self.argv = cfg, device, info, argv
         self.out = Path(cfg.out) if cfg.out else None
-        # dropout and augmentation draw from the global RNG; each DDP rank gets its own stream
-        torch.manual_seed(cfg.seed + 1000 * info.rank)
         self.data = datasets if datasets is not None else open_run_data(cfg, self.out, progress=progress, dist_info=info)
         if self.data.preprocessing is None:
             size = get_config(cfg.arch).input_size
-            self.data = dataclasses.replace(self.data, preprocessing=_identity_preprocessing(size))
+            self.data = dataclasses.replace(self.data, preprocessing=identity_preprocessing(size))
         self.model = build_train_model(cfg, len(self.data.class_names)).to(device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -318,6 +312,9 @@ class _Run:
         fp16 = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
         self.rows: list[dict[str, float]] = []
+        # dropout and augmentation draw from the global RNG: seeded here, after everything whose random
+        # draws could depend on what is cached (each DDP rank gets its own stream)
+        torch.manual_seed(cfg.seed + 1000 * info.rank)
         self.start_epoch = self._resume() if cfg.resume else 0
         self.step_model = self._wrap(self.model)
         self.train_loader = make_loader(self.data.train, cfg.batch_size, train=True, seed=cfg.seed,
@@ -341,6 +338,8 @@ class _Run:
         cfg = self.cfg
         if self.info.main and self.out is not None:
             self._write_config()
+            if self.rows:  # resumed: restore rows a kill may have lost (the checkpoint is the truth)
+                write_metrics(self.out / "metrics.csv", self.rows)
         row: dict[str, float] = self.rows[-1] if self.rows else {}
         bar = tqdm(range(self.start_epoch + 1, cfg.epochs + 1), disable=not (progress and self.info.main),
                    unit="epoch", initial=self.start_epoch, total=cfg.epochs, dynamic_ncols=True)
@@ -405,15 +404,18 @@ class _Run:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         extra = self._state(epoch, row)
         wanted = self.cfg.checkpoint_epochs is None or epoch in self.cfg.checkpoint_epochs or epoch == self.cfg.epochs
-        for path in ([ckpt_dir / f"epoch_{epoch:03d}.pt"] if wanted else []) + [ckpt_dir / "last.pt"]:
+        for path in [ckpt_dir / "last.pt"] + ([ckpt_dir / f"epoch_{epoch:03d}.pt"] if wanted else []):
             save_checkpoint(path, self.model, preprocessing=self.data.preprocessing,
                             class_names=list(self.data.class_names), epoch=epoch, extra=extra)
 
     def _resume(self) -> int:
-        path = (self.out or Path(".")) / "checkpoints" / "last.pt"
-        if self.out is None or not path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {path}; train without --resume to start a new run")
-        ckpt = load_checkpoint(path, map_location=self.device)
+        found = find_resume_checkpoint(self.out / "checkpoints", map_location=self.device) if self.out else None
+        if found is None:  # killed before its first checkpoint (or a new folder): nothing to continue
+            started = self.out is not None and (self.out / "config.json").is_file()
+            (log.warning if started else log.info)("resume: no complete checkpoint in %s; starting at epoch 1",
+                                                   self.out or ".")
+            return 0
+        path, ckpt = found
         self.model.load_state_dict(ckpt["model"])
         extra = ckpt
         self.optimizer.load_state_dict(extra["optimizer"])
@@ -438,55 +440,3 @@ class _Run:
                     "world_size": self.info.world_size, "num_classes": len(self.data.class_names),
                     "class_names": list(self.data.class_names), "torch": torch.__version__}
         atomic_write_text(self.out / "config.json", json.dumps(resolved, indent=2, default=str))
-
-
-def open_run_data(cfg: TrainConfig, out: Path | None, *, progress: bool = False,
-                  dist_info: DistInfo | None = None) -> RunData:
-    """Open ``cfg.dataset`` the paper's way: per-pixel mean of the training split (cached in
-    ``out/mean.pt``), random crops + flips for training, center crops of the test split for validation.
-
-    With ``normalize_std`` (default: on for ``init="kaiming"``) inputs are also divided by the
-    pixel std of the training set, so that He initialization sees unit-variance inputs.
-    Under DDP rank 0 computes (and caches) the mean first; the other ranks then read the cache.
-    """
-    info = dist_info or DistInfo()
-    crop = get_config(cfg.arch).input_size
-    if info.enabled and not info.main:
-        torch.distributed.barrier()  # wait for rank 0 to write out/mean.pt
-    pre = data.dataset_preprocessing(cfg.dataset, crop=crop, data_dir=cfg.data_dir,
-                                     cache=out / "mean.pt" if out else None, progress=progress and info.main)
-    if info.enabled and info.main:
-        torch.distributed.barrier()
-    if cfg.normalize_std if cfg.normalize_std is not None else cfg.init == "kaiming":
-        pre = dataclasses.replace(pre, std=torch.full((3, 1, 1), _pixel_std(cfg, pre)))
-    train = data.open_dataset(cfg.dataset, "train", pre, data_dir=cfg.data_dir, mode="train")
-    val = data.open_dataset(cfg.dataset, "test", pre, data_dir=cfg.data_dir, mode="eval")
-    classes = tuple(train.classes)
-    return RunData(random_subset(train, cfg.limit_train), random_subset(val, cfg.limit_val), classes, pre)
-
-
-def random_subset(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
-    """A fixed random subset of ``n`` items (kept in file order). Not the first ``n``: an ImageFolder
-    is sorted by class, so its first images would cover only the first classes."""
-    if n is None or n >= len(ds):  # type: ignore[arg-type]
-        return ds
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values  # type: ignore[arg-type]
-    return torch.utils.data.Subset(ds, idx.tolist())
-
-
-def _pixel_std(cfg: TrainConfig, pre: data.Preprocessing, n: int = 2048) -> float:
-    """Std of mean-subtracted pixels (0..255 units) over a fixed random ``n`` training images."""
-    ds = random_subset(data.open_dataset(cfg.dataset, "train", pre, data_dir=cfg.data_dir, mode="eval"), n)
-    xs = torch.cat([b[0] for b in DataLoader(ds, 256, collate_fn=_collate)])
-    return float(xs.double().std())
-
-
-def _collate(items: list[tuple]) -> Any:
-    """convlens datasets' ``(x, y, index, description)`` items skip unreadable images; others collate as usual."""
-    if len(items[0]) == 4 and isinstance(items[0][3], str):
-        return data.collate_skip(items)
-    return default_collate(items)
-
-
-def _identity_preprocessing(size: int) -> data.Preprocessing:
-    return data.Preprocessing(size, size, torch.zeros(3, 1, 1), torch.ones(3, 1, 1), scale=1.0)

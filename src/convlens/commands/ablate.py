@@ -52,6 +52,8 @@ def _plot(res: Any, out: Path) -> dict[str, str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..artifacts import save_figure
+
     names = [r.variant for r in res.rows]
     x = range(len(names))
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 1.5), 3.4), dpi=110)
@@ -62,7 +64,7 @@ def _plot(res: Any, out: Path) -> dict[str, str]:
     ax.set(ylabel="error %", title=f"Ablations of {res.params['base']} ({res.params['epochs']} epochs)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "errors.png")
+    save_figure(fig, out / "errors.png")
     plt.close(fig)
     return {"path": "errors.png", "group": "ablate", "caption": "Train top-1 and val top-1/top-5 error per variant"}
 
@@ -90,7 +92,7 @@ def _random_subsets(cfg: Any, out: Path, limit_train: int | None, limit_val: int
 
 def run(args: argparse.Namespace) -> int:
     from ..ablate import ablate, variant_arch
-    from ..artifacts import markdown_table, write_result
+    from ..artifacts import markdown_table, write_result, write_text
     from ..train import TrainConfig
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     res = ablate(cfg, variants, out=args.out, datasets=data, ensemble=args.ensemble, progress=True)
     cols, rows = res.table()
     table = {"title": f"Ablations of {args.arch} (Table 3 layout), error %", "columns": cols, "rows": rows}
-    (args.out / "ablate.md").write_text(f"### {table['title']}\n\n" + markdown_table(cols, rows))
+    write_text(args.out / "ablate.md", f"### {table['title']}\n\n" + markdown_table(cols, rows))
     best = min(res.rows, key=lambda r: r.val_top1_err)
     summary = (f"{len(res.rows)} variants of {args.arch}, {args.epochs} epochs on {args.dataset}: best val top-1 "
                f"error {100 * best.val_top1_err:.1f}% ({best.variant})")

@@ -1,15 +1,23 @@
 """``convlens mine``: top-9 activations of every feature map over a dataset, projected (Fig. 2).
 
-Writes ``OUT/<layer>_grid.png`` (for a subset of maps: a 3x3 block of deconvnet projections
-beside a 3x3 block of the image patches, as in the paper), per-unit PNGs
-``OUT/units/<layer>/<map>_<rank>_{proj,patch}.png`` for the explorer, ``OUT/topk.pt`` (the raw
-top-k tensors) and ``OUT/result.json``. Under ``torchrun --nproc-per-node P -m convlens mine ...``
-the dataset is sharded over P processes and only rank 0 writes.
+Two passes, each with a progress bar: mining (one streaming pass over the dataset, resumable:
+``OUT/mine.state``) and projecting (every map's top-k by default, ``--project all``; per map chunk,
+the top-k images are re-read by dataset index; resumable: finished maps are skipped). The rule is
+``--rule auto`` by default: the paper's deconvnet where max-pool switches make it follow the image,
+guided backprop elsewhere (printed per layer, with the reason, and stored in ``result.json``).
+
+Writes ``OUT/<layer>_grid.png`` (+ ``<layer>_grid_2.png`` ... when ``--maps`` exceeds
+``--maps-per-sheet``: labelled Fig. 2 sheets, per map a 3x3 block of projections beside a 3x3 block
+of image patches), per-unit PNGs ``OUT/units/<layer>/<map>_<rank>_{proj,patch}.png`` and per-map
+``OUT/units/<layer>/<map>.json`` (for the explorer), ``OUT/class_means.npz`` (per layer a float32
+(maps, classes) array of the mean per-image ranking statistic per class, plus ``__counts__``),
+``OUT/topk.pt`` (the raw top-k tensors) and ``OUT/result.json``. Under ``torchrun
+--nproc-per-node P -m convlens mine ...`` the dataset is sharded over P processes and only rank 0
+writes.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -17,12 +25,18 @@ from typing import Any
 from ._common import add_dataset_args, add_device_arg, add_model_args, add_out_arg, positive_int
 
 
+def maps_arg(text: str) -> int | str:
+    """argparse ``type`` of ``--maps``: ``all`` or a positive integer."""
+    return "all" if text == "all" else positive_int(text)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "mine",
         help="top-k activations of every feature map over a dataset, projected to pixels (Fig. 2)",
         description="One streaming pass over a dataset keeps each feature map's k strongest activations "
-                    "(one per image); they are projected with the deconvnet and shown beside their image "
+                    "(one per image); they are projected back to pixels (the deconvnet on the paper's nets, "
+                    "guided backprop on nets without max pooling: --rule) and shown beside their image "
                     "patches, as in Fig. 2 of Zeiler & Fergus.",
     )
     add_model_args(p)
@@ -30,12 +44,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", default=None,
                    help="comma-separated layers (default: conv1..conv5 of a convlens model, else a few evenly "
                         "spaced blocks; see 'convlens summary')")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random subset of maps shown")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random subset of maps shown and of the order among tied activations")
     p.add_argument("--k", type=positive_int, default=9, help="activations kept per map (default 9)")
     p.add_argument("--per-image", type=positive_int, default=1, help="entries one image may give one map (default 1)")
-    p.add_argument("--maps", type=positive_int, default=16, help="maps per layer in the grid figure (random, seeded)")
+    p.add_argument("--rule", choices=("auto", "deconvnet", "guided", "gradient"), default="auto",
+                   help="projection rule (default auto: deconvnet where max-pool switches make it follow the "
+                        "image, guided backprop elsewhere)")
+    p.add_argument("--maps", type=maps_arg, default=16,
+                   help="maps per layer shown in the figures: N (random, seeded) or all (default 16)")
+    p.add_argument("--maps-per-sheet", type=positive_int, default=16,
+                   help="maps per figure sheet (4 per row; default 16, about 1700 px wide)")
     p.add_argument("--project", choices=["all", "grid"], default="all",
-                   help="project every map's top-k (per-unit PNGs for the explorer) or only the grid's")
+                   help="project every map's top-k (per-unit PNGs for the explorer; default) or only the figures'")
     p.add_argument("--save-every", type=positive_int, default=50, help="save resumable state every N batches")
     add_device_arg(p)
     add_out_arg(p)
@@ -48,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import distributed
     from ..data import collate_skip
-    from ..topk import mine_top_activations
+    from ..mining import mine_top_activations
     from ._common import load_model_from_args, open_dataset_from_args, parse_layers, resolve_device_arg
 
     device = resolve_device_arg(args)
@@ -67,10 +88,12 @@ def run(args: argparse.Namespace) -> int:
                f"{args.input_size}|{','.join(layers)}")
         tops = mine_top_activations(loaded.model, loader, layers, k=args.k, per_image=args.per_image,
                                     state_path=out / "mine.state", save_every=args.save_every, state_key=key,
-                                    progress=True)
+                                    progress=True, tie_seed=args.seed, num_classes=len(ds.classes) or None)
         if not info.main:
             return 0
-        torch.save({name: t.to_dict() for name, t in tops.items()}, out / "topk.pt")
+        from ..artifacts import atomic_write
+
+        atomic_write(out / "topk.pt", lambda f: torch.save({n: t.to_dict() for n, t in tops.items()}, f), binary=True)
         write_mine_outputs(args, loaded, ds, tops, out)
         print(out / "result.json")
         return 0
@@ -79,98 +102,81 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dict[str, Any], out: Path) -> None:
+    """Project (resumably), draw the labelled sheets, write class_means.npz and result.json."""
     import torch
     from tqdm import tqdm
 
-    from ..artifacts import write_result
-    from ..topk import unit_tiles
+    from ..artifacts import save_png, write_result
+    from ..mined_units import display_class_names, layer_sheets, project_mined
 
+    names = display_class_names(getattr(ds, "classes", []), loaded.class_names)
     gen = torch.Generator().manual_seed(args.seed)
-    figures, rows, layers_data = [], [], {}
+    shown = {}
     for layer, top in tops.items():
         c = top.values.shape[0]
-        grid_maps = sorted(torch.randperm(c, generator=gen)[:min(args.maps, c)].tolist())
-        maps = list(range(c)) if args.project == "all" else grid_maps
-        tiles = unit_tiles(loaded.model, ds, top, maps, to_pixels=loaded.preprocessing.denormalize)
-        proj, patch = display_tiles(tiles.projections, tiles.patches)
-        entries = {}
-        for i, m in enumerate(tqdm(maps, desc=f"{layer} PNGs", unit="map", leave=False)):
-            entries[str(m)] = save_unit_pngs(out, layer, m, top, tiles, proj[i], patch[i], ds)
-        rows_of = [maps.index(m) for m in grid_maps]
-        save_png_(fig2_grid(proj[rows_of], patch[rows_of]), out / f"{layer}_grid.png")
-        figures.append({"path": f"{layer}_grid.png", "group": layer,
-                        "caption": f"{layer}: top-{top.values.shape[1]} activations of {len(grid_maps)} random maps "
-                                   f"(maps {', '.join(map(str, grid_maps))}); left: deconvnet projections, "
-                                   "right: image patches"})
-        dead = int((top.values[:, 0] <= 0).sum())
-        rows.append([layer, c, f"{float(top.values[:, 0].mean()):.4g}", f"{float(top.values[:, -1].mean()):.4g}", dead])
-        layers_data[layer] = {"num_maps": c, "maps": entries}
+        pick = range(c) if args.maps == "all" else torch.randperm(c, generator=gen)[:min(args.maps, c)].tolist()
+        shown[layer] = sorted(pick)
+    k = next(iter(tops.values())).values.shape[1]
+    total = sum((t.values.shape[0] if args.project == "all" else len(shown[n])) * k for n, t in tops.items())
+    figures, rows, layers_data = [], [], {}
+    with tqdm(total=total, unit="unit", desc="projecting", dynamic_ncols=True) as bar:
+        for layer, top in tops.items():
+            c = top.values.shape[0]
+            maps = list(range(c)) if args.project == "all" else shown[layer]
+            done = project_mined(loaded.model, ds, top, out, maps=maps, rule=args.rule,
+                                 to_pixels=loaded.preprocessing.denormalize, class_names=names, progress=bar)
+            sat = [int(m) for m in torch.nonzero(top.saturated).flatten().tolist()]
+            bar.write(f"{layer}: rule {done.rule} ({done.reason})" + (f"; {len(sat)}/{c} maps saturate at "
+                      f"{top.ceiling:g}: ranked by their pre-clip value" if top.ceiling is not None else "")
+                      + (f"; {done.reused} maps already done" if done.reused else ""))
+            sheets = layer_sheets(out, layer, done.entries, shown[layer], rule=done.rule, saturated=sat,
+                                  maps_per_sheet=args.maps_per_sheet)
+            for i, sheet in enumerate(sheets):
+                path = f"{layer}_grid.png" if i == 0 else f"{layer}_grid_{i + 1}.png"
+                save_png(sheet, out / path)
+                part = shown[layer][i * args.maps_per_sheet:(i + 1) * args.maps_per_sheet]
+                figures.append({"path": path, "group": layer,
+                                "caption": f"{layer}: top-{k} activations of maps {', '.join(map(str, part))}; left: "
+                                           f"{done.rule} projections (activation), right: image patches (class)"})
+            entries = {str(m): done.entries[m] for m in maps}  # the projected maps (all by default)
+            all_k = int((top.values >= top.ceiling).all(1).sum()) if top.ceiling is not None else 0
+            rows.append([layer, c, done.rule, f"{float(top.values[:, 0].mean()):.4g}",
+                         f"{float(top.values[:, -1].mean()):.4g}", int((top.values[:, 0] <= 0).sum()), len(sat), all_k])
+            layers_data[layer] = {"num_maps": c, "rule": done.rule, "rule_reason": done.reason, "ceiling": top.ceiling,
+                                  "saturated_maps": sat, "shown_maps": shown[layer], "maps": entries}
+    _save_class_means(out, tops)
     first = next(iter(tops.values()))
     write_result(
         out, "mine", title=f"Top-{args.k} activations per feature map (Fig. 2)",
         summary=f"Strongest activation of each map in each of {first.num_images} {args.split} images "
                 f"({first.num_skipped} unreadable skipped), top {args.k} per map "
                 f"({'one per image' if args.per_image == 1 else f'up to {args.per_image} per image'}), projected "
-                "with the deconvnet beside the receptive-field patches.",
-        params={"checkpoint": args.checkpoint or args.arch, "dataset": args.dataset, "split": args.split,
-                "layers": list(tops), "k": args.k, "per_image": args.per_image, "maps": args.maps,
-                "limit": args.limit, "seed": args.seed, "project": args.project},
+                f"({', '.join(n + ': ' + d['rule'] for n, d in layers_data.items())}) beside the receptive-field "
+                "patches. Clipped activations (ReLU6) are ranked by their pre-clip value; remaining ties in a "
+                f"seeded random order (seed {args.seed}).",
+        params={"checkpoint": args.checkpoint, "arch": args.arch or loaded.arch, "weights": args.weights,
+                "dataset": args.dataset, "split": args.split, "layers": list(tops), "k": args.k,
+                "per_image": args.per_image, "maps": args.maps, "limit": args.limit, "seed": args.seed,
+                "project": args.project, "rule": args.rule},
         figures=figures,
         tables=[{"title": "Mined activations per layer",
-                 "columns": ["layer", "maps", "mean top-1 value", f"mean top-{args.k} value", "dead maps (top-1 = 0)"],
+                 "columns": ["layer", "maps", "rule", "mean top-1 value", f"mean top-{args.k} value",
+                             "dead maps (top-1 = 0)", "saturated maps (top-1 at the clip)",
+                             f"maps with all top-{args.k} at the clip"],
                  "rows": rows}],
-        data={"layers": layers_data, "skipped": first.num_skipped, "images": first.num_images},
+        data={"layers": layers_data, "skipped": first.num_skipped, "images": first.num_images,
+              "class_names": names, "class_means": "class_means.npz"},
     )
 
 
-def display_tiles(projections: Any, patches: Any, min_side: int = 48) -> tuple[Any, Any]:
-    """Paper-style contrast normalization of projections; nearest upscaling of small tiles."""
-    from ..viz import normalize_for_display, upscale_nearest
+def _save_class_means(out: Path, tops: dict[str, Any]) -> None:
+    """``class_means.npz``: per layer a float32 (maps, classes) array, and ``__counts__`` (classes,) int64."""
+    import numpy as np
 
-    factor = max(1, math.ceil(min_side / projections.shape[-1]))
-    return upscale_nearest(normalize_for_display(projections), factor), upscale_nearest(patches.clamp(0, 1), factor)
+    from ..artifacts import atomic_write
 
-
-def fig2_grid(proj: Any, patch: Any, per_row: int = 4) -> Any:
-    """(M, K, 3, S, S) projections and patches -> one image: per map, a 3x3 block of projections
-    beside a 3x3 block of patches (missing ranks left white); ``per_row`` maps per row."""
-    import torch
-
-    from ..viz import make_grid
-
-    m, k = proj.shape[:2]
-    side = max(1, math.ceil(math.sqrt(k)))
-    blank = torch.ones((side * side - k, *tuple(proj.shape[2:])))
-    pairs = []
-    for i in range(m):
-        left = make_grid(torch.cat([proj[i], blank]), nrow=side, pad=1, pad_value=1.0)
-        right = make_grid(torch.cat([patch[i], blank]), nrow=side, pad=1, pad_value=1.0)
-        pairs.append(torch.cat([left, torch.ones(3, left.shape[1], 4), right], -1))
-    return make_grid(torch.stack(pairs), nrow=per_row, pad=8, pad_value=1.0)
-
-
-def save_png_(img: Any, path: Path) -> str:
-    from ..artifacts import save_png
-
-    save_png(img, path)
-    return str(path)
-
-
-def save_unit_pngs(out: Path, layer: str, m: int, top: Any, tiles: Any, proj: Any, patch: Any, ds: Any) -> list[dict]:
-    """PNGs and result.json entries for the top-k of map ``m``."""
-    rel = Path("units") / layer
-    entries = []
-    i = tiles.maps.tolist().index(m)
-    for r in range(top.values.shape[1]):
-        save_png_(proj[r], out / rel / f"{m}_{r}_proj.png")
-        save_png_(patch[r], out / rel / f"{m}_{r}_patch.png")
-        idx = int(top.dataset_indices[m, r])
-        describe = getattr(ds, "describe", None)
-        entries.append({
-            "rank": r, "value": float(top.values[m, r]), "index": idx,
-            "image": describe(idx) if describe else f"dataset:{idx}",
-            "y": int(top.positions[m, r, 0]), "x": int(top.positions[m, r, 1]),
-            "box": [int(v) for v in tiles.boxes[i, r]],
-            "projection": f"{rel}/{m}_{r}_proj.png", "patch": f"{rel}/{m}_{r}_patch.png",
-        })
-    return entries
+    arrays = {n: t.class_means.numpy().astype(np.float32) for n, t in tops.items() if t.class_means is not None}
+    counts = next((t.class_counts for t in tops.values() if t.class_counts is not None), None)
+    if counts is not None:
+        arrays["__counts__"] = counts.numpy().astype(np.int64)
+    atomic_write(out / "class_means.npz", lambda f: np.savez(f, **arrays), binary=True)
