@@ -113,7 +113,7 @@ def project_mined(
     rule: str = "auto",
     to_pixels: Callable[[torch.Tensor], torch.Tensor] | None = None,
     class_names: Sequence[str] = (),
-    chunk_maps: int = 16,
+    chunk_maps: int = 4,
     batch: int = 8,
     min_side: int = 48,
     progress: Any = None,
