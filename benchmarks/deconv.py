@@ -21,6 +21,9 @@ before comparing. The last line printed is one JSON object; ``speedup`` = Captum
 per projection / ours.
 
 Run:  .venv/bin/python benchmarks/deconv.py            (about 1-3 minutes on 2 busy cores)
+
+``--model mobilenet_v2``: torchvision MobileNetV2, guided rule, ``features.13``, against Captum's
+``NeuronGuidedBackprop`` (see benchmarks/deconv_torchvision.py).
 """
 from __future__ import annotations
 
@@ -74,12 +77,20 @@ def timed(fn, repeat: int = 1):  # type: ignore[no-untyped-def]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=("zfnet", "mobilenet_v2"), default="zfnet")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--channels", type=int, default=16)
     ap.add_argument("--top", type=int, default=9)
     ap.add_argument("--captum-batch", default="16,48", help="units per Captum call in the batched variant (best is used)")
     ap.add_argument("--captum-units", type=int, default=16, help="units timed for Captum's one-call-per-unit variant")
     ap.add_argument("--repeat", type=int, default=2, help="best of N for our projection")
     args = ap.parse_args()
+    if args.model != "zfnet":
+        from deconv_torchvision import run
+
+        return run(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     model = build_model("zfnet", seed=0).eval()

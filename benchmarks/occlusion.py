@@ -9,6 +9,16 @@ per forward through ``model(x)``).
 
 Run:  .venv/bin/python benchmarks/occlusion.py [--repeats 2] [--ppe 8,16,32,64]
 The last line printed is one JSON object; ``speedup`` = Captum's best time / ours.
+
+``--model mobilenet_v2``: torchvision MobileNetV2 (the ImageNet weights in
+../shared/data/models/mobilenet_v2_imagenet when present, else random weights), real images from
+../shared/data/imagenet-sample when present (else random), 224x224, a 50px square at stride 12
+(16x16 positions for us, 15x15 for Captum): ours exact (generic incremental inference), ours
+approximate, Captum ``Occlusion`` at its best ``perturbations_per_eval`` and a plain loop of one
+forward per position, interleaved over the repeats. JSON: ``speedup`` (Captum's best / ours exact,
+total time), ``approx_speedup`` (Captum's best / ours approximate), ``approx_ssim`` (median over
+--images real images of the SSIM of the approximate target-probability heatmap against the exact
+one) and the same ratios in process CPU time.
 """
 from __future__ import annotations
 
@@ -46,17 +56,29 @@ def log(*a: object) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=("zfnet", "mobilenet_v2"), default="zfnet")
+    ap.add_argument("--images", type=int, default=3, help="mobilenet_v2: real images for the approximate SSIM")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--ppe", default="8,16,32,64", help="Captum perturbations_per_eval values to try")
-    ap.add_argument("--batch-size", type=int, default=128, help="our occluders per batch")
+    ap.add_argument("--ppe", default=None, help="Captum perturbations_per_eval values to try "
+                    "(default 8,16,32,64 for zfnet, 1,4,16 for mobilenet_v2)")
+    ap.add_argument("--batch-size", type=int, default=None, help="our occluders per batch (default 128 for zfnet, "
+                    "else occlusion_map's default)")
     ap.add_argument("--window", type=int, default=50)
-    ap.add_argument("--stride", type=int, default=8)
+    ap.add_argument("--stride", type=int, default=None, help="default 8 for zfnet, 12 for mobilenet_v2")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--no-plain", action="store_true", help="skip timing our plain batched path")
     ap.add_argument("--naive-every", type=int, default=1,
                     help="check every k-th occluder against the naive loop (1 = all; it is the slowest part)")
     args = ap.parse_args()
     from captum.attr import Occlusion
+
+    if args.model != "zfnet":
+        from occlusion_torchvision import run as run_torchvision
+
+        return run_torchvision(args)
+    args.ppe = args.ppe or "8,16,32,64"
+    args.batch_size = args.batch_size or 128
+    args.stride = args.stride or 8
 
     if args.threads:
         torch.set_num_threads(args.threads)

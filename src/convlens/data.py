@@ -138,8 +138,11 @@ class Preprocessing:
         return x[:, o:o + self.crop, o:o + self.crop].contiguous()
 
     def load(self, path: str | Path) -> torch.Tensor:
-        """Read an image file -> normalized center crop (3, crop, crop)."""
-        return self.center(load_image(path))
+        """Read an image file -> normalized center crop (3, crop, crop).
+
+        Decoded under the pixel cap of :mod:`convlens.imaging`, at a reduced size when the file is
+        much larger than ``resize`` (ValueError for an unreadable or too large file)."""
+        return self.center(load_image(path, target_size=self.resize))
 
     def to_dict(self) -> dict[str, Any]:
         return {"resize": self.resize, "crop": self.crop, "mean": self.mean.cpu(), "std": self.std.cpu(),

@@ -50,7 +50,6 @@ Two implementations, equal to float64 precision:
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Sequence
@@ -333,55 +332,27 @@ def _check_generic(model: nn.Module, rule: str) -> None:
                          "or use rule='gradient'")
 
 
-class _Stop(Exception):
-    """Raised by the capture hook to end a forward pass at the target layer (its graph is kept)."""
-
-
 def _project_generic(
     model: nn.Module, images: torch.Tensor, layer: str, select: Selector, rule: str, unit_seed: str = "value",
-    chunk: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Receptive-field crops where exact, else one forward per image (see :mod:`convlens._deconv_generic`)."""
+    from . import _deconv_generic
+
     name = model.resolve(layer) if hasattr(model, "resolve") else layer  # type: ignore[operator]
     target = get_module(model, name)
     _check_generic(model, rule)
-    store: dict[str, torch.Tensor] = {}
-    calls = [0]
-
-    def first(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
-        store["act"] = out
-        calls[0] += 1
-
-    def capture(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
-        store["act"] = out
-        if calls[0] == 1:  # the target runs once per forward: nothing after it matters, stop there
-            raise _Stop
-
-    handles = [target.register_forward_hook(first)]
+    plan = _deconv_generic.crop_plan(model, name, (images.shape[-2], images.shape[-1]))  # before the rule hooks
+    with torch.no_grad():
+        act, calls = _deconv_generic.forward_to(model, target, images)
+    units = select(act)
+    n, k = units.shape[:2]
+    values = _gather_values(act, units)
+    seed = values.reshape(-1) if unit_seed == "value" else torch.ones(n * k, dtype=act.dtype, device=act.device)
+    hook = _rule_hook(rule)
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.ReLU, nn.ReLU6)) or (rule == "deconvnet" and isinstance(m, _LRN))]
     try:
-        with torch.no_grad():
-            model(images)
-        act = store["act"]
-        units = select(act)
-        n, k = units.shape[:2]
-        values = _gather_values(act, units)
-        hook = _rule_hook(rule)
-        # the capture hook goes last so that it sees the rule-wrapped output of a ReLU layer
-        handles[0].remove()
-        handles = [m.register_forward_hook(hook) for m in model.modules()
-                   if isinstance(m, (nn.ReLU, nn.ReLU6)) or (rule == "deconvnet" and isinstance(m, _LRN))]
-        handles.append(target.register_forward_hook(capture))
-        img = torch.arange(n, device=images.device).repeat_interleave(k)
-        flat_units = units.reshape(n * k, 3)
-        out = torch.empty(n * k, *images.shape[1:], dtype=images.dtype, device=images.device)
-        for s in range(0, n * k, chunk):
-            x = images[img[s : s + chunk]].clone().requires_grad_(True)
-            with contextlib.suppress(_Stop):
-                model(x)
-            a = store.pop("act")
-            seed = torch.zeros_like(a)
-            idx = (torch.arange(len(x), device=a.device), *_unit_index(a, flat_units[s:s + chunk]))
-            seed[idx] = a.detach()[idx] if unit_seed == "value" else 1.0
-            (out[s : s + chunk],) = torch.autograd.grad(a, x, seed)
+        out = _deconv_generic.project(model, images, target, calls, units, seed, plan)
     finally:
         for h in handles:
             h.remove()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -32,6 +33,7 @@ DEFAULT_MAX_PIXELS = 64_000_000
 """Default pixel cap (64 MP: over any camera photo, under a 12000 x 12000 bomb; decoded RGB <= 192 MB)."""
 
 _ENV = "CONVLENS_MAX_PIXELS"
+_WARNINGS_LOCK = threading.Lock()  # warnings.catch_warnings swaps process-wide state: one thread at a time
 _REDUCE_FROM = 4  # reduce only when the short side is at least this many times the target
 _KEEP = 2  # ... and keep the reduced short side at least this many times the target
 
@@ -100,10 +102,11 @@ def open_image(source: str | Path | bytes | bytearray | memoryview, *, max_pixel
             raise UnreadableImage(f"cannot read {label}: the file is empty (0 bytes)")
         fp = path
     try:
-        with warnings.catch_warnings():
+        with _WARNINGS_LOCK, warnings.catch_warnings():  # our cap replaces PIL's warning (header only here)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(fp) as img:
-                return _decode(img, cap, target_size, label)
+            img = Image.open(fp)
+        with img:
+            return _decode(img, cap, target_size, label)
     except Image.DecompressionBombError as exc:  # over PIL's own hard limit (checked in Image.open)
         raise ImageTooLarge(f"{label} is too large to decode safely ({_bomb_size(exc)}); "
                             f"the limit is {cap:,} pixels (set {_ENV} to change it)") from None

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .artifacts import save_figure, write_text
+
 __all__ = ["per_class_table", "plot_by_layer", "plot_vs_n", "protocol_tables", "write_transfer_outputs"]
 
 
@@ -74,7 +76,7 @@ def plot_vs_n(res: Any, out: Path, scratch: Mapping[int, Sequence[float]] | None
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_n.png")
+    save_figure(fig, out / "accuracy_vs_n.png")
     plt.close(fig)
     return {"path": "accuracy_vs_n.png", "group": "transfer",
             "caption": f"Accuracy vs training images per class (Fig. 9 style), {layer}, mean ± std over folds"}
@@ -97,7 +99,7 @@ def plot_by_layer(res: Any, out: Path) -> dict[str, str]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_by_layer.png")
+    save_figure(fig, out / "accuracy_by_layer.png")
     plt.close(fig)
     return {"path": "accuracy_by_layer.png", "group": "transfer",
             "caption": f"Probe accuracy per layer, {n} training images per class, mean ± std over folds"}
@@ -121,7 +123,7 @@ def write_transfer_outputs(out: Path, res: Any, *, curve: Any = None, class_name
                        "columns": ["image in other set", "image in dataset", "correlation"], "rows": duplicates})
     figures = [plot_vs_n(curve if curve is not None else res, out, scratch), plot_by_layer(res, out)]
     md = "".join(f"### {t['title']}\n\n{markdown_table(t['columns'], t['rows'])}\n" for t in tables)
-    (out / "transfer.md").write_text(md)
+    write_text(out / "transfer.md", md)
     best = max(res.scores, key=lambda k: float(res.scores[k].mean()))
     summary = (f"Linear probes on frozen features, {res.folds} folds: best {best[1]} on {best[0]} with "
                f"{best[2]}/class = {_fmt(*res.mean_std(*best))} % mean per-class accuracy")

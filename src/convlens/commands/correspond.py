@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..artifacts import markdown_table, save_png, write_result
+    from ..artifacts import markdown_table, save_png, write_result, write_text
     from ..correspondence import correspondence_score, face_box, random_masks, square_masks, transform_points
     from ..data import load_image
     from ..landmarks import PARTS, masked_images_grid, read_landmarks
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                       f"(Table 1 analog; {args.mask}px masks, random: {args.repeats} draws)",
              "columns": cols, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "correspondence.md").write_text(f"### {table['title']}\n\n" + markdown_table(cols, rows))
+    write_text(args.out / "correspondence.md", f"### {table['title']}\n\n" + markdown_table(cols, rows))
     save_png(masked_images_grid(pre, images.cpu(), masks.cpu(), rand.cpu()), args.out / "masked_images.png")
     summary = "; ".join(f"{r[0]}: " + ", ".join(f"{layer} {c.split(' ±')[0]}" for layer, c in zip(layers, r[1:], strict=False))
                         for r in rows)

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..artifacts import markdown_table, write_result
+    from ..artifacts import markdown_table, write_result, write_text
     from ..diagnose import comparison_table, diagnose
     from ..diagnose_figures import diagnosis_figures
     from ..loading import load_model
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     figures = [f for tag, d in zip(tags, diags, strict=False) for f in diagnosis_figures(d, tag, args.out)]
     table = {"title": "Fig. 6 diagnostics" + (" side by side" if len(diags) > 1 else ""), "columns": cols, "rows": rows}
-    (args.out / "diagnose.md").write_text(f"### {table['title']}\n\n" + markdown_table(cols, rows))
+    write_text(args.out / "diagnose.md", f"### {table['title']}\n\n" + markdown_table(cols, rows))
     main = dataclasses.replace(diags[0], compare=diags[1]) if len(diags) > 1 else diags[0]
     m = [d.metrics() for d in diags]
     summary = "; ".join(

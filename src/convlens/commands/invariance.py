@@ -52,7 +52,7 @@ def _floats(text: str, flag: str) -> list[float]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..artifacts import markdown_table, write_result
+    from ..artifacts import markdown_table, save_figure, write_result, write_text
     from ..invariance import invariance_curves, transform_images
     from ..invariance_figures import example_params, render_invariance
     from ._common import load_image_arg, load_model_from_args, resolve_device_arg, run_params
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                                 for v in example_params(c.params)]) for t, c in curves.items()}
     names = [Path(p).stem[:24] for p in args.images]
     args.out.mkdir(parents=True, exist_ok=True)
-    render_invariance(curves, examples, names, layers).savefig(args.out / "invariance.png", dpi=80)
+    save_figure(render_invariance(curves, examples, names, layers), args.out / "invariance.png", dpi=80)
     cls = loaded.class_names
     first = curves["translate"].labels
     cols = ["image", "true label", "clean P(true)"] + [f"max {t} distance {layer}" for t in sweeps for layer in layers[-1:]] \
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                     + [f"{float(curves[t].distances[layers[-1]][i].max()):.3g}" for t in sweeps]
                     + [f"{float(curves[t].probs[i].min()):.3f}" for t in sweeps])
     table = {"title": "Invariance summary (Fig. 5)", "columns": cols, "rows": rows}
-    (args.out / "invariance.md").write_text(f"### {table['title']}\n\n" + markdown_table(cols, rows))
+    write_text(args.out / "invariance.md", f"### {table['title']}\n\n" + markdown_table(cols, rows))
     summary = (f"{len(images)} images; translate {min(translate):g}..{max(translate):g} px, scale "
                f"{min(sweeps['scale']):g}..{max(sweeps['scale']):g}, rotate {min(sweeps['rotate']):g}.."
                f"{max(sweeps['rotate']):g} deg; distances at {', '.join(layers)}; fill = mean (0)")

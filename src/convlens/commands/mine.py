@@ -91,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
                                     progress=True, tie_seed=args.seed, num_classes=len(ds.classes) or None)
         if not info.main:
             return 0
-        torch.save({name: t.to_dict() for name, t in tops.items()}, out / "topk.pt")
+        from ..artifacts import atomic_write
+
+        atomic_write(out / "topk.pt", lambda f: torch.save({n: t.to_dict() for n, t in tops.items()}, f), binary=True)
         write_mine_outputs(args, loaded, ds, tops, out)
         print(out / "result.json")
         return 0

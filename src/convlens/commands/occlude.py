@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channel", type=int, default=None, help="map of --layer (default: strongest in the image)")
     p.add_argument("--rule", choices=("deconvnet", "guided", "gradient"), default="deconvnet",
                    help="projection rule of panel (c) (default deconvnet, the paper's)")
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="occluders per batch (default: chosen per model)")
     p.add_argument("--no-incremental", action="store_true", help="plain batched forwards (for comparison)")
     add_device_arg(p)
     add_out_arg(p)
@@ -45,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..artifacts import markdown_table, write_result
+    from ..artifacts import markdown_table, save_figure, write_result, write_text
     from ..occlusion import occlusion_map
     from ..occlusion_figures import class_name, label_names, label_table, occlusion_projection, render_occlusion
     from ._common import feature_map_layer, load_image_arg, load_model_from_args, resolve_device_arg, run_params
@@ -67,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
     fig = render_occlusion(loaded.preprocessing.denormalize(image.cpu()), occ, proj01, box, names, rule=args.rule,
                            title=f"{Path(args.image).name}: correct class {class_name(occ.target, names)} "
                                  f"(clean p = {float(occ.clean_probs[occ.target]):.3f})")
-    fig.savefig(args.out / "occlusion.png", dpi=80)
+    save_figure(fig, args.out / "occlusion.png", dpi=80)
     table = label_table(occ, names)
-    (args.out / "occlusion.md").write_text(f"### {table['title']}\n\n" + markdown_table(table["columns"], table["rows"]))
+    write_text(args.out / "occlusion.md", f"### {table['title']}\n\n" + markdown_table(table["columns"], table["rows"]))
     data = occ.to_dict()
     data.update(class_names={str(k): v for k, v in label_names(occ.top_label, names).items()}, seconds=seconds,
                 image=str(args.image))

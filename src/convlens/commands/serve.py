@@ -1,34 +1,88 @@
-"""``convlens serve RUN``: the local web explorer of a run (binds 127.0.0.1 by default)."""
+"""``convlens serve RUN``: the local web explorer of a run, under waitress (binds 127.0.0.1 by default)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
+
+from ._common import add_model_args, load_model_from_args, model_spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="browse a run's feature maps and analyze uploaded images in the browser",
-        description="Start the local explorer: layer -> feature map -> top-k projections and patches, "
-                    "its evolution, and on-demand projections + occlusion maps of an uploaded image.",
+        description="Start the local explorer: every mined feature map of every layer, unit pages with their "
+                    "top-k projections, patches, classes and receptive field, classes -> units, and on-demand "
+                    "projections + occlusion maps of an uploaded image with any model.",
     )
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
-    p.add_argument("--checkpoint", default=None, help="model for uploads (default RUN/checkpoints/last.pt)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    add_model_args(p, required=False)  # the model for uploads (default RUN/checkpoints/last.pt)
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host header is NAME (repeatable; '*' answers any: only behind "
+                        "a proxy that checks it). Default: localhost names and the bound address")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds before an idle or stalled connection is closed (default 30)")
+    p.add_argument("--threads", type=int, default=8, help="worker threads answering requests (default 8)")
+    p.add_argument("--queue", type=int, default=4,
+                   help="uploads queued or being analysed at most; more get 503 (default 4)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse uploads with more pixels (413); default 16000000")
     p.set_defaults(func=run)
 
 
+def _model_loader(args: argparse.Namespace) -> tuple[Any, str]:
+    """A function loading the model the flags name (None: the run's own checkpoint) and its label."""
+    spec = model_spec(args)
+    if spec is None:
+        if args.weights is not None:
+            raise ValueError("--weights goes with --arch SPEC (the architecture they fit), e.g. "
+                             "--arch torchvision:resnet18 --weights FILE")
+        return None, ""
+    for flag in ("checkpoint", "weights", "classes"):
+        value = getattr(args, flag, None)
+        if value is not None and not Path(value).is_file():
+            raise FileNotFoundError(f"--{flag} file not found: {value}")
+
+    def load() -> Any:
+        return load_model_from_args(args, "cpu")
+
+    return load, spec
+
+
 def run(args: argparse.Namespace) -> int:
-    if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    if not 0 <= args.port < 65536:
+        raise ValueError(f"--port must be in 0..65535, got {args.port}")
+    for name in ("threads", "queue"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.timeout <= 0:
+        raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if not Path(args.run).is_dir():
         raise NotADirectoryError(f"run directory {args.run!r} does not exist")
-    from ..explorer import create_app
+    from ..explorer import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, create_app
+    from ..explorer.server import ServerLimits, allowed_hosts, make_server
 
-    app = create_app(args.run, checkpoint=args.checkpoint)
+    loader, label = _model_loader(args)
+    hosts = allowed_hosts(args.host, args.allow_host)
+    app = create_app(args.run, model=loader, model_label=label, allowed_hosts=hosts,
+                     max_pixels=args.max_pixels or MAX_UPLOAD_PIXELS, queue=args.queue, keep=max(32, args.queue))
+    limits = ServerLimits(threads=args.threads, timeout=args.timeout, max_body=MAX_UPLOAD_BYTES + 256 * 1024)
+    server = make_server(app, args.host, args.port, limits)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {args.host}: anyone who can reach this machine can use the explorer")
-    print(f"convlens explorer for {Path(args.run).resolve()} at http://{args.host}:{args.port}/ (Ctrl-C stops it)")
-    app.run(host=args.host, port=args.port, debug=False, threaded=True)
+    port = server.effective_port
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"convlens explorer for {Path(args.run).resolve()} at http://{shown}:{port}/ "
+          f"(answers to {', '.join(hosts)}; Ctrl-C stops it)", flush=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
     return 0

@@ -1,35 +1,51 @@
 """On-demand analysis of an uploaded image for the explorer (Sec. 2.1 projections, Sec. 4.2 occlusion).
 
-For each conv layer, the maps with the strongest activation in the image are projected back to
-pixels with the deconvnet (:func:`convlens.deconv.project_max`), and the occlusion maps of Fig. 7
-(layer-5 activity, correct-class probability, most probable label) are computed with
-:func:`convlens.occlusion.occlusion_map`. Everything comes back as PNG bytes; nothing is written
-to disk. The occluder defaults to a quarter of the input side, stride an eighth (the paper's
-50/224 px window, 8 px stride scaled).
+For each layer (the run's mined layers where the model has them), the maps with the strongest
+activation in the image are projected back to pixels (:func:`convlens.deconv.project_max`) with
+the chosen rule (``auto``: the paper's deconvnet where max-pool switches make it depend on the
+image, guided backprop elsewhere), and the occlusion maps of Fig. 7 (a map's activity, the
+predicted class's probability, the most probable label) are computed with
+:func:`convlens.occlusion.occlusion_map`, each with a colour bar or a label key. Everything comes
+back as PNG bytes; nothing is written to disk. The occluder is a quarter of the input side, the
+stride an eighth (the paper's 50/224 px window and 8 px stride, scaled).
 """
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
+from torch import nn
 
-__all__ = ["ImageAnalysis", "Panel", "analyze_image", "png_bytes"]
+from .runindex import RULE_CHOICES
+
+__all__ = ["RULE_CHOICES", "ImageAnalysis", "Panel", "analyze_image", "png_bytes", "resolve_rule", "upload_layers"]
+
+Progress = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)
 class Panel:
+    """One picture: ``bar`` = (css gradient, low, high, what) for a heat map; ``key`` = (colour, name,
+    share) rows for a label map; ``link`` = the unit page of a projected map."""
+
     title: str
     png: bytes
     caption: str = ""
+    link: str | None = None
+    bar: tuple[str, float, float, str] | None = None
+    key: tuple[tuple[str, str, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class ImageAnalysis:
     input: Panel
     predictions: list[tuple[str, float]]
+    rule: str
+    rule_reason: str
     layers: dict[str, list[Panel]] = field(default_factory=dict)
     occlusion: list[Panel] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -45,76 +61,165 @@ def png_bytes(img01: torch.Tensor, min_side: int = 112) -> bytes:
     return buf.getvalue()
 
 
-def _conv_layers(model: Any) -> list[str]:
-    names = [n for n, _ in model.stages()] if hasattr(model, "stages") else []
-    return [f"conv{i}" for i in range(1, 6) if f"relu{i}" in names]
+def resolve_rule(model: nn.Module, layer: str, rule: str) -> tuple[str, str]:
+    """``rule`` for ``layer`` of ``model`` and why (:func:`convlens.rules.resolve_rule`; ``auto``: the
+    paper's deconvnet where max-pool switches make it follow the image, guided backprop elsewhere)."""
+    if rule not in RULE_CHOICES:
+        raise ValueError(f"rule must be one of {', '.join(RULE_CHOICES)}, got {rule!r}")
+    from ..rules import resolve_rule as library
+
+    chosen, reason = library(model, layer, rule)
+    return str(chosen), str(reason) if rule == "auto" else "chosen on the upload form"
 
 
-def _projections(model: Any, x: torch.Tensor, top: int) -> dict[str, list[Panel]]:
+def upload_layers(loaded: Any, mined: Sequence[str]) -> list[str]:
+    """Layers to project an upload at: the mined ones the model has, else the defaults that fit the
+    model (``conv1``..``conv5`` of a ZFNet, a few evenly spaced blocks of another CNN)."""
+    model = loaded.model
+    resolve = getattr(model, "resolve", None)
+    names = dict(model.named_modules())
+    ok = []
+    for layer in mined:
+        try:
+            if (resolve(layer) if callable(resolve) else layer) in names:
+                ok.append(layer)
+        except ValueError:
+            continue
+    if ok:
+        return ok
+    from ..commands._common import default_layers
+
+    return default_layers(loaded)
+
+
+def _activations(model: nn.Module, x: torch.Tensor, layers: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    from ..hooks import record_activations
+
+    with torch.no_grad(), record_activations(model, layers) as acts:
+        logits = model(x)
+    return logits, {k: v.detach() for k, v in acts.items()}
+
+
+def _projections(model: nn.Module, x: torch.Tensor, acts: dict[str, torch.Tensor], top: int, rule: str,
+                 link: Callable[[str, int], str | None], progress: Progress) -> tuple[dict[str, list[Panel]], str]:
     from ..deconv import project_max
     from ..viz import normalize_for_display
 
     out: dict[str, list[Panel]] = {}
-    layers = _conv_layers(model)
-    with torch.no_grad():
-        feats = model.features(x, layers)
-    for layer in layers:
-        strength = feats[layer][0].flatten(1).amax(1)  # (C,) strongest activation of each map
+    reasons: list[tuple[str, str]] = []
+    layers = [name for name, a in acts.items() if a.dim() == 4]
+    for i, layer in enumerate(layers):
+        progress(f"projecting the strongest maps of {layer} ({i + 1}/{len(layers)})", 0.1 + 0.6 * i / len(layers))
+        chosen, reason = resolve_rule(model, layer, rule)
+        reasons.append((layer, f"{chosen}: {reason}"))
+        strength = acts[layer][0].flatten(1).amax(1)  # (C,) strongest activation of each map
         values, channels = strength.topk(min(top, strength.numel()))
-        proj = project_max(model, x, layer, channels.tolist())
+        proj = project_max(model, x, layer, channels.tolist(), rule=chosen)
         shown = normalize_for_display(proj.images[0])  # (K, 3, H, W)
-        out[layer] = [Panel(f"{layer}:{int(c)}", png_bytes(img), f"activation {float(v):.3g}")
+        out[layer] = [Panel(f"{layer}:{int(c)}", png_bytes(img), f"activation {float(v):.3g} · {chosen}",
+                            link(layer, int(c)))
                       for img, c, v in zip(shown, channels, values, strict=False)]
-    return out
+    grouped: dict[str, list[str]] = {}
+    for layer, why in reasons:
+        grouped.setdefault(why, []).append(layer)
+    if len(grouped) == 1:
+        return out, next(iter(grouped))
+    return out, "; ".join(f"{', '.join(layers)}: {why}" for why, layers in grouped.items())
 
 
-def _occlusion(model: Any, x: torch.Tensor, image01: torch.Tensor, classes: list[str]) -> tuple[list[Panel], str]:
+def _bar(cmap: str, lo: float, hi: float, what: str) -> tuple[str, float, float, str]:
+    from matplotlib import colormaps
+
+    stops = [colormaps[cmap](i / 10) for i in range(11)]
+    css = ", ".join(f"rgb({int(r * 255)},{int(g * 255)},{int(b * 255)}) {i * 10}%" for i, (r, g, b, _) in enumerate(stops))
+    return f"linear-gradient(to right, {css})", float(lo), float(hi), what
+
+
+def _label_map(labels: torch.Tensor, classes: list[str]) -> tuple[torch.Tensor, tuple[tuple[str, str, float], ...]]:
+    """Most-probable-label map -> distinct colours per label seen, and the key (colour, class, share)."""
+    from matplotlib import colormaps
+
+    seen, inverse = torch.unique(labels.flatten(), return_inverse=True)
+    counts = torch.bincount(inverse, minlength=len(seen)).double() / inverse.numel()
+    n = len(seen)
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    colours = [cmap(i % cmap.N)[:3] if n <= 20 else colormaps["turbo"](i / max(n - 1, 1))[:3] for i in range(n)]
+    palette = torch.tensor(colours, dtype=torch.float32)  # (n, 3)
+    img = palette[inverse.reshape(labels.shape)].permute(2, 0, 1)
+    key = tuple(sorted(
+        ((f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}",
+          classes[int(c)] if int(c) < len(classes) else str(int(c)), float(s))
+         for (r, g, b), c, s in zip(colours, seen.tolist(), counts.tolist(), strict=True)),
+        key=lambda t: -t[2]))
+    return img, key
+
+
+def _occlusion(model: nn.Module, x: torch.Tensor, image01: torch.Tensor, classes: list[str],
+               layer: str | None) -> tuple[list[Panel], str]:
     from ..occlusion import occlusion_map
     from ..viz import colorize, overlay_heatmap
 
     side = int(x.shape[-1])
     window, stride = max(2, side // 4), max(1, side // 8)
-    occ = occlusion_map(model, x[0], window=window, stride=stride)
+    occ = occlusion_map(model, x[0], window=window, stride=stride, layer=layer)
     name = classes[occ.target] if occ.target < len(classes) else str(occ.target)
-    n = int(occ.probs.shape[-1])
+    act = occ.activity_heatmap
+    lo, hi = float(act.min()), float(act.max())
+    labels, key = _label_map(occ.label_heatmap, classes)
     panels = [
-        Panel(f"{occ.layer} map {occ.channel} activity", png_bytes(colorize(occ.activity_heatmap)),
-              "total activation of the strongest map vs occluder position (Fig. 7b)"),
+        Panel(f"{occ.layer} map {occ.channel} activity", png_bytes(colorize(act, vmin=lo, vmax=hi)),
+              "total activation of the map that is strongest on the clean image, vs occluder position (Fig. 7b)",
+              bar=_bar("jet", lo, hi, f"summed activation of {occ.layer}:{occ.channel}")),
         Panel(f"p({name})", png_bytes(colorize(occ.prob_heatmap, vmin=0.0, vmax=1.0)),
-              "probability of the predicted class vs occluder position (Fig. 7d)"),
-        Panel("most probable label", png_bytes(colorize(occ.label_heatmap.float(), "tab10", vmin=0, vmax=max(n - 1, 1))),
-              "most probable class vs occluder position (Fig. 7e)"),
+              "probability of the class predicted for the clean image, vs occluder position (Fig. 7d)",
+              bar=_bar("jet", 0.0, 1.0, f"p({name})")),
+        Panel("most probable label", png_bytes(labels),
+              "most probable class vs occluder position (Fig. 7e); colours in the key below", key=key),
         Panel(f"p({name}) over the image", png_bytes(overlay_heatmap(image01, occ.target_prob, 0.5)),
-              "probability map blended over the input"),
+              "probability map blended over the input", bar=_bar("jet", float(occ.target_prob.min()),
+                                                                 float(occ.target_prob.max()), f"p({name})")),
     ]
-    labels = sorted({int(v) for v in occ.label_heatmap.flatten().tolist()})
-    legend = ", ".join(classes[i] if i < len(classes) else str(i) for i in labels)
-    return panels, f"occluder {window}x{window} px, stride {stride} px, grey = training mean; labels seen: {legend}"
+    return panels, f"occluder {window}x{window} px, stride {stride} px, grey = training mean"
 
 
-def analyze_image(loaded: Any, image: Image.Image, *, top: int = 4) -> ImageAnalysis:
-    """Projections of the strongest maps per conv layer and occlusion maps for one image.
+def analyze_image(loaded: Any, image: Image.Image, *, layers: Sequence[str] = (), rule: str = "auto", top: int = 4,
+                  link: Callable[[str, int], str | None] | None = None,
+                  progress: Progress | None = None) -> ImageAnalysis:
+    """Projections of the strongest maps per layer and occlusion maps for one image, any CNN.
 
     Args:
         loaded: a :class:`convlens.checkpoint.Loaded` (model in eval mode + preprocessing).
         image: a decoded PIL image (any mode/size; converted to RGB and center-cropped).
+        layers: layers to project at (default: :func:`upload_layers` of the model).
+        rule: ``auto``, ``deconvnet``, ``guided`` or ``gradient``.
         top: maps projected per layer.
+        link: ``(layer, map) -> URL`` of the map's page, or None.
+        progress: called with (stage, fraction done).
 
     Example:
-        >>> a = analyze_image(load_model("runs/demo/checkpoints/last.pt"), Image.open("shoe.png"))
-        >>> sorted(a.layers)
-        ['conv1', 'conv2', 'conv3', 'conv4', 'conv5']
+        >>> a = analyze_image(load_model("torchvision:resnet18", weights="r18.pt"), Image.open("shoe.png"))
+        >>> list(a.layers)[:2], len(a.occlusion)
     """
+    if rule not in RULE_CHOICES:
+        raise ValueError(f"rule must be one of {', '.join(RULE_CHOICES)}, got {rule!r}")
+    report = progress or (lambda _s, _f: None)
     model, pre = loaded.model, loaded.preprocessing
     x = pre.center(image.convert("RGB"))[None]  # (1, 3, crop, crop)
-    image01 = pre.denormalize(x[0])
-    with torch.no_grad():
-        probs = model(x).softmax(1)[0]
+    param = next(model.parameters(), None)
+    if param is not None:
+        x = x.to(device=param.device, dtype=param.dtype)
+    image01 = pre.denormalize(x[0]).cpu()
+    chosen = list(layers) or upload_layers(loaded, ())
+    report("forward pass", 0.05)
+    logits, acts = _activations(model, x, chosen)
+    probs = logits.float().softmax(1)[0].cpu()
     classes = list(loaded.class_names)
-    p, idx = probs.topk(min(3, probs.numel()))
+    p, idx = probs.topk(min(5, probs.numel()))
     preds = [(classes[i] if i < len(classes) else str(i), float(v)) for v, i in zip(p, idx.tolist(), strict=False)]
-    notes: list[str] = []
-    layers = _projections(model, x, top) if hasattr(model, "features") else {}
-    occ, note = _occlusion(model, x, image01, classes)
-    notes.append(note)
-    return ImageAnalysis(Panel("input (center crop)", png_bytes(image01)), preds, layers, occ, notes)
+    panels, reasons = _projections(model, x, acts, top, rule, link or (lambda _l, _m: None), report)
+    report("occlusion maps (Fig. 7)", 0.75)
+    spatial = [n for n in chosen if acts.get(n) is not None and acts[n].dim() == 4]
+    occ, note = _occlusion(model, x, image01, classes, spatial[-1] if spatial else None)
+    shown_rule = rule if rule != "auto" else "auto"
+    return ImageAnalysis(Panel("input (center crop)", png_bytes(image01)), preds, shown_rule, reasons,
+                         panels, occ, [note])

@@ -1,0 +1,289 @@
+"""The explorer's Flask app: state, files, analyses of the run, and uploads.
+
+Browsing pages (layers, units, classes) are in :mod:`convlens.explorer.pages`. Uploads go through a
+bounded :class:`~convlens.explorer.jobs.JobQueue`: ``POST /analyze`` decodes the image under the
+pixel cap (at most two decodes at once), queues the analysis and answers ``303`` to its stable page
+``/analysis/<id>``, which shows a progress bar (polling ``/analysis/<id>/status``) until the
+result is there; a full queue gets ``503`` with a text saying so.
+"""
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, abort, jsonify, redirect, render_template, request, send_from_directory
+from werkzeug.exceptions import HTTPException
+
+from ..manifest import Result, Run, inside, load_run
+from .jobs import Job, JobQueue, release_memory
+from .runindex import RULE_CHOICES, Mined, index_mine
+from .server import LOCAL_HOSTS, HostAllowlist
+from .uploads import MAX_UPLOAD_PIXELS, ImageTooLarge, decode_upload
+
+__all__ = ["MAX_UPLOAD_BYTES", "create_app"]
+
+MAX_UPLOAD_BYTES = 8 * 1024 * 1024
+SERVED_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".html", ".css", ".json", ".csv"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
+ModelLoader = Callable[[], Any]
+
+
+class _State:
+    """The run directory (re-indexed when its results change) and the model, loaded once on first use."""
+
+    def __init__(self, run_dir: Path, loader: ModelLoader | None, model_label: str, max_pixels: int,
+                 jobs: JobQueue) -> None:
+        self.root = run_dir.resolve()
+        self.loader, self.model_label, self.max_pixels, self.jobs = loader, model_label, max_pixels, jobs
+        self._lock = threading.Lock()  # the run index
+        self._model_lock = threading.Lock()  # loading the model (slow: never under the index lock)
+        self.decode_slots = threading.BoundedSemaphore(2)  # decoded uploads in memory at once
+        self._loaded: Any = None
+        self._cache: tuple[tuple[float, ...], Run, Mined | None] | None = None
+
+    def _stamp(self) -> tuple[float, ...]:
+        files = sorted(self.root.glob("*/result.json")) + sorted(self.root.glob("*/*/result.json"))
+        stamps = []
+        for p in files:
+            try:
+                stamps.append(p.stat().st_mtime)
+            except OSError:
+                stamps.append(-1.0)
+        return (*stamps, float(len(files)))
+
+    def _load(self) -> tuple[Run, Mined | None]:
+        stamp = self._stamp()
+        with self._lock:
+            if self._cache is None or self._cache[0] != stamp:
+                run = load_run(self.root)
+                mine = run.first("mine")
+                self._cache = (stamp, run, index_mine(self.root, mine) if mine is not None else None)
+            return self._cache[1], self._cache[2]
+
+    def run(self) -> Run:
+        return self._load()[0]
+
+    def mined(self) -> Mined | None:
+        return self._load()[1]
+
+    def model(self) -> Any:
+        with self._model_lock:
+            if self._loaded is None:
+                if self.loader is None:
+                    raise ValueError("this explorer has no model for uploads")
+                self._loaded = self.loader()
+            return self._loaded
+
+    def url(self, path: Path | str, base: Path | None = None) -> str | None:
+        """``/file/...`` URL of an existing file inside the run (``path`` relative to ``base``), or None."""
+        target = inside(base or self.root, path)
+        if target is None or not target.is_relative_to(self.root) or not target.is_file():
+            return None
+        return "/file/" + target.relative_to(self.root).as_posix()
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def result_url(r: Result) -> str:
+    return "/result/" + (r.name or ".")
+
+
+def _figures_of(state: _State, r: Result, mined: Mined | None) -> list[dict[str, Any]]:
+    out = []
+    for f in r.figures:
+        rel = f.path.relative_to(state.root).as_posix() if f.path.is_relative_to(state.root) else None
+        if rel is None:
+            continue
+        layer = f.group if mined is not None and f.group in mined.layers else None
+        out.append({"caption": f.caption, "group": f.group, "src": "/file/" + rel, "page": "/figure/" + rel,
+                    "layer": layer})
+    return out
+
+
+def _default_loader(root: Path, checkpoint: str | Path | None) -> tuple[ModelLoader | None, str]:
+    path = Path(checkpoint) if checkpoint else root / "checkpoints" / "last.pt"
+    if not path.is_file():
+        return None, ""
+
+    def load() -> Any:
+        from ..checkpoint import load_model
+
+        return load_model(path)
+
+    return load, path.name
+
+
+def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, model: ModelLoader | None = None,
+               model_label: str = "", allowed_hosts: Sequence[str] = LOCAL_HOSTS,
+               max_pixels: int = MAX_UPLOAD_PIXELS, workers: int = 1, queue: int = 4, keep: int = 32) -> Flask:
+    """The explorer's Flask app for ``run_dir`` (use ``app.test_client()`` in tests).
+
+    Args:
+        run_dir: a run directory.
+        checkpoint: convlens checkpoint for uploads (default ``run_dir/checkpoints/last.pt``).
+        model: instead of ``checkpoint``, a function returning a :class:`convlens.checkpoint.Loaded`
+            (any model spec), called once, on the first upload.
+        model_label: how to name that model on the pages.
+        allowed_hosts: ``Host`` header names answered (others get 400); ``"*"`` allows any.
+        max_pixels: pixel cap of uploads (413 over it).
+        workers, queue, keep: analyses computed at once, queued or running at most (more: 503),
+            and results kept in memory for their links.
+
+    Raises:
+        NotADirectoryError: ``run_dir`` does not exist.
+
+    Example:
+        >>> app = create_app("runs/demo")
+        >>> app.test_client().get("/").status_code
+        200
+    """
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise NotADirectoryError(f"run directory {str(run_dir)!r} does not exist")
+    loader, label = (model, model_label or "the given model") if model is not None else _default_loader(root, checkpoint)
+    state = _State(root, loader, label, max_pixels, JobQueue(workers=workers, capacity=queue, keep=keep))
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
+    app.extensions["convlens"] = state
+    app.wsgi_app = HostAllowlist(app.wsgi_app, allowed_hosts)  # type: ignore[method-assign]
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[str, int]:
+        message = exc.description
+        if exc.code == 413 and message == type(exc).description:  # werkzeug's own text: the body is too large
+            message = f"the upload is larger than {MAX_UPLOAD_BYTES // 2**20} MB; choose a smaller image"
+        return render_template("error.html", run=state.root.name, code=exc.code, name=exc.name,
+                               message=message), exc.code or 500
+
+    @app.context_processor
+    def common() -> dict[str, Any]:
+        return {"run": state.root.name}
+
+    @app.route("/")
+    def index() -> str:
+        run, mined = state.run(), state.mined()
+        results = [{"r": r, "url": result_url(r), "n": len(r.figures)} for r in run.results]
+        return render_template("index.html", mined=mined, report=state.url("report/index.html"),
+                               results=results, warnings=[*run.warnings, *(mined.warnings if mined else ())],
+                               has_model=state.loader is not None, model_label=state.model_label,
+                               max_mb=MAX_UPLOAD_BYTES // 2**20, max_mp=state.max_pixels / 1e6, rules=RULE_CHOICES)
+
+    @app.route("/result/<path:name>")
+    def result_page(name: str) -> str:
+        run, mined = state.run(), state.mined()
+        found = [r for r in run.results if (r.name or ".") == name]
+        if not found:
+            abort(404, f"no analysis {name!r} in this run; see the list on the start page")
+        r = found[0]
+        return render_template("result.html", r=r, figures=_figures_of(state, r, mined), mined=mined,
+                               is_mine=mined is not None and mined.result.dir == r.dir)
+
+    @app.route("/figure/<path:rel>")
+    def figure_page(rel: str) -> str:
+        target = inside(state.root, rel)
+        if target is None or target.suffix.lower() not in IMAGE_SUFFIXES or not target.is_file():
+            abort(404, "no such figure in this run")
+        run, mined = state.run(), state.mined()
+        owner = next((r for r in run.results if any(f.path == target for f in r.figures)), None)
+        if owner is None:
+            owner = next((r for r in run.results if target.is_relative_to(r.dir)), None)
+        fig = next((f for f in owner.figures if f.path == target), None) if owner else None
+        layer = fig.group if fig is not None and mined is not None and fig.group in mined.layers else None
+        return render_template("figure.html", src="/file/" + target.relative_to(state.root).as_posix(),
+                               caption=fig.caption if fig else target.name, owner=owner,
+                               owner_url=result_url(owner) if owner else None, layer=layer)
+
+    @app.route("/file/<path:rel>")
+    def file(rel: str) -> Any:
+        target = inside(state.root, rel)
+        if target is None or target.suffix.lower() not in SERVED_SUFFIXES or not target.is_file():
+            abort(404, "no such file in this run")
+        return send_from_directory(state.root, target.relative_to(state.root).as_posix(), max_age=3600)
+
+    @app.route("/analyze", methods=["POST"])
+    def analyze() -> Any:
+        if state.loader is None:
+            abort(409, "this explorer has no model for uploads: start it with --checkpoint C or "
+                       "--arch torchvision:NAME --weights W")
+        rule = request.form.get("rule", "auto")
+        if rule not in RULE_CHOICES:
+            abort(400, f"rule must be one of {', '.join(RULE_CHOICES)}, got {rule[:40]!r}")
+        upload = request.files.get("image")
+        if upload is None:
+            abort(400, "no file in the form field 'image'; choose an image and press Analyze")
+        if not state.decode_slots.acquire(timeout=10):
+            abort(503, "the server is busy decoding other uploads; try again in a moment")
+        try:
+            data = upload.read(MAX_UPLOAD_BYTES + 1)
+            image = decode_upload(data, max_pixels=state.max_pixels, target_size=512)
+            del data
+        except ImageTooLarge as exc:
+            abort(413, str(exc))
+        except ValueError as exc:
+            abort(400, str(exc))
+        finally:
+            state.decode_slots.release()
+            release_memory()  # give a large decode's buffers back to the system now
+        job = _submit(state, image, rule, (upload.filename or "upload")[:120])
+        return redirect(f"/analysis/{job.id}", code=303)
+
+    @app.route("/analysis/<job_id>/rule", methods=["POST"])
+    def rerun(job_id: str) -> Any:
+        old = state.jobs.get(job_id)
+        if old is None:
+            abort(404, "this analysis is no longer kept in memory; upload the image again")
+        rule = request.form.get("rule", "auto")
+        if rule not in RULE_CHOICES:
+            abort(400, f"rule must be one of {', '.join(RULE_CHOICES)}, got {rule[:40]!r}")
+        job = _submit(state, old.params["image"], rule, old.name)
+        return redirect(f"/analysis/{job.id}", code=303)
+
+    @app.route("/analysis/<job_id>")
+    def analysis(job_id: str) -> Any:
+        job = state.jobs.get(job_id)
+        if job is None:
+            abort(404, "no such analysis: results are kept in memory for the last "
+                       f"{state.jobs.keep} uploads and lost when the server restarts; upload the image again")
+        return render_template("analysis.html", job=job, a=job.result, uri=_data_uri, rules=RULE_CHOICES)
+
+    @app.route("/analysis/<job_id>/status")
+    def analysis_status(job_id: str) -> Response:
+        job = state.jobs.get(job_id)
+        if job is None:
+            abort(404, "no such analysis")
+        return jsonify(job.status())
+
+    from .pages import register_pages
+
+    register_pages(app, state)
+    return app
+
+
+def _submit(state: _State, image: Any, rule: str, name: str) -> Job:
+    mined = state.mined()
+
+    def work(job: Job) -> Any:
+        from .compute import analyze_image, upload_layers
+
+        job.progress("loading the model", 0.02)
+        loaded = state.model()
+        layers = upload_layers(loaded, list(mined.layers) if mined else [])
+
+        def link(layer: str, m: int) -> str | None:
+            ml = mined.layers.get(layer) if mined else None
+            return f"/layer/{layer}/map/{m}" if ml is not None and ml.get(m) is not None else None
+
+        return analyze_image(loaded, job.params["image"], layers=layers, rule=rule, link=link,
+                             progress=job.progress)
+
+    job = state.jobs.submit(name, {"image": image, "rule": rule}, work)
+    if job is None:
+        abort(503, f"the server is busy: {state.jobs.capacity} analyses are queued or running; "
+                   "try again in a minute")
+    return job
+
