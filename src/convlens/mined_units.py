@@ -69,7 +69,8 @@ class MinedUnits:
 def map_entries(top: TopActivations, m: int, class_names: Sequence[str], describe: Callable[[int], str] | None,
                 boxes: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """Per rank of map ``m``: value, pre-clip score, image index/label/class/description, position,
-    box and the PNG paths (relative to the output folder)."""
+    box, ``saturated`` (clipped layers: the value is at the ceiling) and the PNG paths (relative to
+    the output folder)."""
     rel = f"units/{top.layer}"
     out = []
     for r in range(top.values.shape[1]):
@@ -83,6 +84,8 @@ def map_entries(top: TopActivations, m: int, class_names: Sequence[str], describ
             "y": int(top.positions[m, r, 0]), "x": int(top.positions[m, r, 1]),
             "projection": f"{rel}/{m}_{r}_proj.png", "patch": f"{rel}/{m}_{r}_patch.png",
         }
+        if top.ceiling is not None:
+            e["saturated"] = e["value"] >= top.ceiling
         if boxes is not None:
             e["box"] = [int(v) for v in boxes[r]]
         out.append(e)
