@@ -164,13 +164,15 @@ def project_mined(
             entries[m] = old
     if progress is not None:
         progress.update(len(entries) * k)
+    notes: dict[str, type[Warning]] = {}
     for s in range(0, len(todo), max(1, chunk_maps)):
         part = todo[s:s + chunk_maps]
-        with warnings.catch_warnings():
-            if s:  # the rule's notes (e.g. "ReLU6 treated as ReLU") were shown for the first chunk
-                warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings(record=True) as caught:  # the rule's notes, once per layer, not per call
+            warnings.simplefilter("always")
             tiles = unit_tiles(model, dataset, top, part, to_pixels=to_pixels, chunk=batch, rule=rule,
                                progress=None if progress is None else progress.update)
+        for w in caught:
+            notes.setdefault(str(w.message), w.category)
         factor = max(1, -(-min_side // tiles.projections.shape[-1]))
         proj, patch = display_tiles(tiles.projections, tiles.patches, tiles.projections.shape[-1] * factor)
         for i, m in enumerate(part):
@@ -182,6 +184,8 @@ def project_mined(
             _write_json(folder / f"{m}.json", doc)
             entries[m] = fresh
         del tiles, proj, patch
+    for text, category in notes.items():
+        warnings.warn(text, category, stacklevel=2)
     return MinedUnits(top.layer, rule, reason, {m: entries[m] for m in maps}, len(maps) - len(todo))
 
 
