@@ -411,7 +411,9 @@ class _Run:
     def _resume(self) -> int:
         found = find_resume_checkpoint(self.out / "checkpoints", map_location=self.device) if self.out else None
         if found is None:  # killed before its first checkpoint (or a new folder): nothing to continue
-            log.warning("resume: no complete checkpoint in %s; starting at epoch 1", self.out or ".")
+            started = self.out is not None and (self.out / "config.json").is_file()
+            (log.warning if started else log.info)("resume: no complete checkpoint in %s; starting at epoch 1",
+                                                   self.out or ".")
             return 0
         path, ckpt = found
         self.model.load_state_dict(ckpt["model"])
