@@ -86,3 +86,22 @@ def test_real_mobilenet_top9_projections_follow_their_images():
     assert _pairwise_max_corr(proj) < 0.9  # nine different pictures, not one pattern nine times
     blind = unit_tiles(loaded.model, ds, top, [m], rule="deconvnet").projections[0]
     assert _pairwise_max_corr(blind) > 0.99  # what the paper's rule gives on this net: the same pattern
+
+
+def test_sheets_are_labelled_split_and_readable_size():
+    from convlens.fig2 import display_tiles, fig2_sheets, map_block
+    from convlens.viz import normalize_for_display, text_block
+
+    gen = torch.Generator().manual_seed(0)
+    proj, patch = display_tiles(torch.randn(9, 3, 32, 32, generator=gen), torch.rand(9, 3, 32, 32, generator=gen))
+    assert proj.shape == (9, 3, 64, 64) and float(proj.min()) >= 0 and float(proj.max()) <= 1
+    block = map_block(proj, patch, ["features.16 map 7"], ["6 (8.31)"] * 9, ["great white shark"] * 9)
+    blank = map_block(proj, patch, [""], [""] * 9, [""] * 9)
+    assert block.shape == blank.shape and not torch.equal(block, blank)  # the text is drawn
+    sheets = fig2_sheets([block] * 40, ["features.16: top-9 activations per map, rule guided"], maps_per_sheet=16)
+    assert len(sheets) == 3 and all(s.shape[-1] <= 2000 for s in sheets)
+    assert text_block(["x"], 50).shape == (3, 18, 50)
+    t = torch.zeros(1, 3, 8, 8)
+    t[0, 0, 0, 0], t[0, 1, 3, 3] = 100.0, 1.0  # one huge pixel would leave the rest flat grey
+    torch.testing.assert_close(normalize_for_display(t, percentile=100.0), normalize_for_display(t))
+    assert float(normalize_for_display(t, percentile=99.0)[0, 1, 3, 3]) > 0.9 > float(normalize_for_display(t)[0, 1, 3, 3])

@@ -349,6 +349,9 @@ def test_saturated_relu6_ranked_by_pre_clip_value_not_dataset_order():
     torch.testing.assert_close(top.scores, oracle.values[:, :9], rtol=0, atol=0)
     assert all(top.dataset_indices[c].tolist() != sorted(top.dataset_indices[c].tolist()) for c in range(8))
     assert torch.equal(tops[20]["features.0"].dataset_indices, top.dataset_indices)  # batch-size invariant
+    relu6 = mine_top_activations(model, DataLoader(Labelled(x, labels), batch_size=8), ["features.0.2"], k=9)
+    assert relu6["features.0.2"].ceiling == 6.0  # the layer is the ReLU6 module itself
+    assert torch.equal(relu6["features.0.2"].dataset_indices, top.dataset_indices)
     # the model is left as it was: in-place ReLU6 restored, no hooks
     assert all(m.inplace for m in model.modules() if isinstance(m, torch.nn.ReLU6))
     assert not any(m._forward_hooks for m in model.modules())

@@ -15,8 +15,10 @@ what each unit's forward and backward run on:
   (squeeze-excitation pooling, GroupNorm ...) or hooked modules (e.g. TF "SAME" padding, which
   depends on the input size) mean full images.
 * **Full images, one forward per image.** Otherwise (or when the crop would cover most of the
-  image) each image goes forward once, stopped at ``layer``, and the backward passes of its units
-  run batched over that one graph (``torch.autograd.grad(..., is_grads_batched=True)``).
+  image) each image goes forward once. Where the layer's ancestors are convolutions, BatchNorm,
+  ReLU/ReLU6 and additions, its units go down together as one batch, explicitly
+  (:mod:`convlens._deconv_graph`); else autograd stops the forward at ``layer`` and the units'
+  backward passes run batched over that one graph (``torch.autograd.grad(..., is_grads_batched=True)``).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import _deconv_graph
 from ._incremental import is_local
 from .receptive_field import receptive_fields
 
@@ -85,7 +88,8 @@ def _starts(pos: torch.Tensor, length: int, n: int, stride: int, offset: int) ->
 
 
 def project(model: nn.Module, images: torch.Tensor, target: nn.Module, calls: int, units: torch.Tensor,
-            seed: torch.Tensor, plan: tuple[int, int, int, int, int] | None, chunk: int = 32) -> torch.Tensor:
+            seed: torch.Tensor, plan: tuple[int, int, int, int, int] | None, layer: str, rule: str,
+            chunk: int = 32) -> torch.Tensor:
     """(N*K, C, H, W) projections of ``units`` (N, K, 3) seeded with ``seed`` (N*K,), the rule hooks
     installed; ``target`` is the layer's module, whose ``calls``-th call gives its output."""
     n, k = units.shape[:2]
@@ -93,6 +97,9 @@ def project(model: nn.Module, images: torch.Tensor, target: nn.Module, calls: in
     img = torch.arange(n, device=images.device).repeat_interleave(k)
     out = images.new_zeros(n * k, *images.shape[1:])
     if plan is None:
+        explicit = _deconv_graph.project(model, images, layer, units, seed, rule)
+        if explicit is not None:
+            return explicit
         for i in range(n):
             _full_image(model, target, calls, images[i:i + 1], flat[i * k:(i + 1) * k], seed[i * k:(i + 1) * k],
                         out[i * k:(i + 1) * k], chunk)

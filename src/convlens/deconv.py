@@ -352,7 +352,7 @@ def _project_generic(
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (nn.ReLU, nn.ReLU6)) or (rule == "deconvnet" and isinstance(m, _LRN))]
     try:
-        out = _deconv_generic.project(model, images, target, calls, units, seed, plan)
+        out = _deconv_generic.project(model, images, target, calls, units, seed, plan, name, rule)
     finally:
         for h in handles:
             h.remove()

@@ -24,11 +24,16 @@ MAPS_PER_SHEET = 16
 MAPS_PER_ROW = 4
 
 
+DISPLAY_PERCENTILE = 99.5
+
+
 def display_tiles(projections: torch.Tensor, patches: torch.Tensor, tile: int = TILE) -> tuple[torch.Tensor,
                                                                                                 torch.Tensor]:
-    """Raw (..., 3, S, S) projections and patches -> contrast-normalized (the paper's way) and
-    resized to ``tile`` pixels (nearest up, area down)."""
-    return resize_tile(normalize_for_display(projections), tile), resize_tile(patches.clamp(0, 1), tile)
+    """Raw (..., 3, S, S) projections and patches -> contrast-normalized (the paper's way, centred on
+    grey, but scaled at the 99.5th percentile of |value| rather than the maximum, so that sparse
+    guided-backprop maps stay visible) and resized to ``tile`` pixels (nearest up, area down)."""
+    shown = normalize_for_display(projections, percentile=DISPLAY_PERCENTILE)
+    return resize_tile(shown, tile), resize_tile(patches.clamp(0, 1), tile)
 
 
 def short_class_name(name: str) -> str:

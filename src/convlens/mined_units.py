@@ -69,7 +69,8 @@ class MinedUnits:
 def map_entries(top: TopActivations, m: int, class_names: Sequence[str], describe: Callable[[int], str] | None,
                 boxes: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """Per rank of map ``m``: value, pre-clip score, image index/label/class/description, position,
-    box and the PNG paths (relative to the output folder)."""
+    box, ``saturated`` (clipped layers: the value is at the ceiling) and the PNG paths (relative to
+    the output folder)."""
     rel = f"units/{top.layer}"
     out = []
     for r in range(top.values.shape[1]):
@@ -83,6 +84,8 @@ def map_entries(top: TopActivations, m: int, class_names: Sequence[str], describ
             "y": int(top.positions[m, r, 0]), "x": int(top.positions[m, r, 1]),
             "projection": f"{rel}/{m}_{r}_proj.png", "patch": f"{rel}/{m}_{r}_patch.png",
         }
+        if top.ceiling is not None:
+            e["saturated"] = e["value"] >= top.ceiling
         if boxes is not None:
             e["box"] = [int(v) for v in boxes[r]]
         out.append(e)
@@ -113,7 +116,7 @@ def project_mined(
     rule: str = "auto",
     to_pixels: Callable[[torch.Tensor], torch.Tensor] | None = None,
     class_names: Sequence[str] = (),
-    chunk_maps: int = 16,
+    chunk_maps: int = 4,
     batch: int = 8,
     min_side: int = 48,
     progress: Any = None,
@@ -161,13 +164,15 @@ def project_mined(
             entries[m] = old
     if progress is not None:
         progress.update(len(entries) * k)
+    notes: dict[str, type[Warning]] = {}
     for s in range(0, len(todo), max(1, chunk_maps)):
         part = todo[s:s + chunk_maps]
-        with warnings.catch_warnings():
-            if s:  # the rule's notes (e.g. "ReLU6 treated as ReLU") were shown for the first chunk
-                warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings(record=True) as caught:  # the rule's notes, once per layer, not per call
+            warnings.simplefilter("always")
             tiles = unit_tiles(model, dataset, top, part, to_pixels=to_pixels, chunk=batch, rule=rule,
                                progress=None if progress is None else progress.update)
+        for w in caught:
+            notes.setdefault(str(w.message), w.category)
         factor = max(1, -(-min_side // tiles.projections.shape[-1]))
         proj, patch = display_tiles(tiles.projections, tiles.patches, tiles.projections.shape[-1] * factor)
         for i, m in enumerate(part):
@@ -179,6 +184,8 @@ def project_mined(
             _write_json(folder / f"{m}.json", doc)
             entries[m] = fresh
         del tiles, proj, patch
+    for text, category in notes.items():
+        warnings.warn(text, category, stacklevel=2)
     return MinedUnits(top.layer, rule, reason, {m: entries[m] for m in maps}, len(maps) - len(todo))
 
 

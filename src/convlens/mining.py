@@ -128,8 +128,9 @@ def layer_features(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
     def clip_hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor, key: str) -> None:
         pre[key] = (inputs[0], out)
 
-    handles = [get_module(model, n).register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n in layers]
-    handles += [c.register_forward_hook(lambda m, i, o, n=n: clip_hook(m, i, o, n)) for n, c in (clips or {}).items()]
+    # clip hooks first: when the layer *is* the clip, its own hook must not end the pass before them
+    handles = [c.register_forward_hook(lambda m, i, o, n=n: clip_hook(m, i, o, n)) for n, c in (clips or {}).items()]
+    handles += [get_module(model, n).register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n in layers]
     try:
         model(x)
     except _Done:

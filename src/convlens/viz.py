@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 
-def normalize_for_display(t: torch.Tensor, *, eps: float = 1e-12) -> torch.Tensor:
+def normalize_for_display(t: torch.Tensor, *, eps: float = 1e-12, percentile: float | None = None) -> torch.Tensor:
     """Per-projection contrast normalization, the paper's way of showing a projection.
 
     Each image (the last three dims) independently: center on 0 (subtract its mean), scale so
@@ -39,6 +39,8 @@ def normalize_for_display(t: torch.Tensor, *, eps: float = 1e-12) -> torch.Tenso
 
     Args:
         t: (..., C, H, W) projections in input space (any range).
+        percentile: scale at this percentile of |value| (e.g. 99.5) instead of the maximum, clipping
+            the few larger values: sparse maps (guided backprop) stay visible in small tiles.
 
     Returns:
         Tensor of the same shape with values in [0, 1].
@@ -51,7 +53,12 @@ def normalize_for_display(t: torch.Tensor, *, eps: float = 1e-12) -> torch.Tenso
         raise ValueError(f"t must have shape (..., C, H, W), got {tuple(t.shape)}")
     t = t.detach().float()
     centered = t - t.mean(dim=(-3, -2, -1), keepdim=True)
-    scale = centered.abs().amax(dim=(-3, -2, -1), keepdim=True).clamp_min(eps)
+    if percentile is None:
+        scale = centered.abs().amax(dim=(-3, -2, -1), keepdim=True).clamp_min(eps)
+    else:
+        mag = centered.abs().flatten(-3).sort(dim=-1).values
+        i = min(mag.shape[-1] - 1, max(0, round(percentile / 100 * (mag.shape[-1] - 1))))
+        scale = mag[..., i][..., None, None, None].clamp_min(eps)
     return (centered / scale * 0.5 + 0.5).clamp(0.0, 1.0)
 
 
