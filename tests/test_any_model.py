@@ -73,6 +73,9 @@ def test_commands_on_every_model_kind(kind: str, files: dict[str, Path], tiny_ch
                  "--out", str(tmp_path / "o")]) == 0
     occ = json.loads((tmp_path / "o" / "result.json").read_text())
     assert occ["kind"] == "occlusion" and (tmp_path / "o" / "occlusion.png").is_file()
+    expected_rule = "deconvnet" if kind == "checkpoint" else "guided"  # max pooling right below conv5 vs none
+    if kind in ("checkpoint", "torchvision:mobilenet_v2"):
+        assert occ["data"]["rule"] == expected_rule, occ["data"]["rule_reason"]
     assert main(["mine", *model, "--dataset", str(files["data"]), "--split", "train", "--limit", "4", "--k", "2",
                  "--maps", "2", "--project", "grid", "--workers", "0", "--device", "cpu",
                  "--out", str(tmp_path / "m")]) == 0

@@ -35,8 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="feature-map layer (default: conv5 of a convlens model, else the deepest default layer; "
                         "see 'convlens summary')")
     p.add_argument("--channel", type=int, default=None, help="map of --layer (default: strongest in the image)")
-    p.add_argument("--rule", choices=("deconvnet", "guided", "gradient"), default="deconvnet",
-                   help="projection rule of panel (c) (default deconvnet, the paper's)")
+    p.add_argument("--rule", choices=("auto", "deconvnet", "guided", "gradient"), default="auto",
+                   help="projection rule of panel (c) (default auto: the paper's deconvnet where max-pool "
+                   "switches make it follow the image, guided backprop elsewhere)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="occluders per batch (default: chosen per model)")
     p.add_argument("--no-incremental", action="store_true", help="plain batched forwards (for comparison)")
@@ -62,10 +63,13 @@ def run(args: argparse.Namespace) -> int:
                         target=args.label, layer=layer, channel=args.channel, batch_size=args.batch_size,
                         incremental=not args.no_incremental)
     seconds = time.perf_counter() - t0
-    proj01, box = occlusion_projection(loaded.model, image, occ, args.rule)
+    from ..rules import resolve_rule
+
+    rule, rule_reason = resolve_rule(loaded.model, occ.layer, args.rule)
+    proj01, box = occlusion_projection(loaded.model, image, occ, rule)
     names = loaded.class_names
     args.out.mkdir(parents=True, exist_ok=True)
-    fig = render_occlusion(loaded.preprocessing.denormalize(image.cpu()), occ, proj01, box, names, rule=args.rule,
+    fig = render_occlusion(loaded.preprocessing.denormalize(image.cpu()), occ, proj01, box, names, rule=rule,
                            title=f"{Path(args.image).name}: correct class {class_name(occ.target, names)} "
                                  f"(clean p = {float(occ.clean_probs[occ.target]):.3f})")
     save_figure(fig, args.out / "occlusion.png", dpi=80)
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     write_text(args.out / "occlusion.md", f"### {table['title']}\n\n" + markdown_table(table["columns"], table["rows"]))
     data = occ.to_dict()
     data.update(class_names={str(k): v for k, v in label_names(occ.top_label, names).items()}, seconds=seconds,
-                image=str(args.image))
+                image=str(args.image), rule=rule, rule_reason=rule_reason)
     summary = (f"{occ.window}px grey square, stride {occ.stride}, {occ.target_prob.numel()} positions: "
                f"p({class_name(occ.target, names)}) {float(occ.target_prob.min()):.3f}..{float(occ.target_prob.max()):.3f} "
                f"(clean {float(occ.clean_probs[occ.target]):.3f}); {occ.layer} map {occ.channel}; {seconds:.1f} s")
@@ -82,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
                  figures=[{"path": "occlusion.png", "caption": summary, "group": Path(args.image).stem}],
                  tables=[table], data=data)
     print(summary)
+    print(f"panel (c) rule: {rule} ({rule_reason})")
     print(markdown_table(table["columns"], table["rows"]))
     print(f"wrote {args.out / 'result.json'}")
     return 0
