@@ -76,6 +76,11 @@ def test_commands_on_every_model_kind(kind: str, files: dict[str, Path], tiny_ch
     expected_rule = "deconvnet" if kind == "checkpoint" else "guided"  # max pooling right below conv5 vs none
     if kind in ("checkpoint", "torchvision:mobilenet_v2"):
         assert occ["data"]["rule"] == expected_rule, occ["data"]["rule_reason"]
+    if kind == "torchvision:mobilenet_v2":
+        assert main(["occlude", *model, "--image", image, "--window", "24", "--stride", "8", "--approximate",
+                     "--quality", "--out", str(tmp_path / "oa")]) == 0
+        quality = json.loads((tmp_path / "oa" / "result.json").read_text())["data"]["quality"]
+        assert 0 < quality["computed_fraction"] <= 1 and -1 <= quality["ssim_prob"] <= 1, quality
     assert main(["mine", *model, "--dataset", str(files["data"]), "--split", "train", "--limit", "4", "--k", "2",
                  "--maps", "2", "--project", "grid", "--workers", "0", "--device", "cpu",
                  "--out", str(tmp_path / "m")]) == 0

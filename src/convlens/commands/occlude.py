@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 from pathlib import Path
 
 from ._common import add_device_arg, add_model_args, add_out_arg, positive_int
@@ -35,6 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="feature-map layer (default: conv5 of a convlens model, else the deepest default layer; "
                         "see 'convlens summary')")
     p.add_argument("--channel", type=int, default=None, help="map of --layer (default: strongest in the image)")
+    p.add_argument("--approximate", action="store_true",
+                   help="approximate mode (Krypton's projective-field cap and adaptive drill-down: a coarse "
+                   "stride first, the fine stride only where the map changes most); off by default")
+    p.add_argument("--quality", action="store_true",
+                   help="with --approximate: also compute the exact map and report SSIM and the largest "
+                   "probability difference against it (costs an exact run)")
     p.add_argument("--rule", choices=("auto", "deconvnet", "guided", "gradient"), default="auto",
                    help="projection rule of panel (c) (default auto: the paper's deconvnet where max-pool "
                    "switches make it follow the image, guided backprop elsewhere)")
@@ -61,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     occ = occlusion_map(loaded.model, image, window=args.window, stride=args.stride, fill=args.fill,
                         target=args.label, layer=layer, channel=args.channel, batch_size=args.batch_size,
-                        incremental=not args.no_incremental)
+                        incremental=not args.no_incremental, approximate=_approximation(args))
     seconds = time.perf_counter() - t0
     from ..rules import resolve_rule
 
@@ -86,7 +93,19 @@ def run(args: argparse.Namespace) -> int:
                  figures=[{"path": "occlusion.png", "caption": summary, "group": Path(args.image).stem}],
                  tables=[table], data=data)
     print(summary)
+    if occ.quality:
+        print("approximate mode: " + ", ".join(f"{k} {v:.4g}" for k, v in occ.quality.items()))
     print(f"panel (c) rule: {rule} ({rule_reason})")
     print(markdown_table(table["columns"], table["rows"]))
     print(f"wrote {args.out / 'result.json'}")
     return 0
+
+
+def _approximation(args: argparse.Namespace) -> Any:
+    if args.quality and not args.approximate:
+        raise ValueError("--quality compares the approximate map with the exact one; add --approximate")
+    if not args.approximate:
+        return False
+    from ..occlusion import Approximation
+
+    return Approximation(quality=args.quality)
