@@ -81,7 +81,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--channels", type=int, default=16)
     ap.add_argument("--top", type=int, default=9)
-    ap.add_argument("--captum-batch", default="16,48", help="units per Captum call in the batched variant (best is used)")
+    ap.add_argument("--captum-batch", default="16,48",
+                    help="units per Captum call in the batched variant (best is used)")
     ap.add_argument("--captum-units", type=int, default=16, help="units timed for Captum's one-call-per-unit variant")
     ap.add_argument("--repeat", type=int, default=2, help="best of N for our projection")
     args = ap.parse_args()

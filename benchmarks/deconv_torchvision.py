@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> None:
     print(f"mobilenet_v2 ({what}) {layer}, guided, {args.channels} channels x top-{args.top} = {n} units, "
           f"CPU, {torch.get_num_threads()} threads")
     print(f"{'method':<44} {'ms/unit':>8} {'cpu ms/unit':>12} {'max rel diff':>13}")
-    print(f"{'convlens project_units':<44} {best['ours'] / n * 1e3:>8.1f} {best_cpu['ours'] / n * 1e3:>12.1f} {0:>13.1e}")
+    print(f"{'convlens project_units':<44} {best['ours'] / n * 1e3:>8.1f} "
+          f"{best_cpu['ours'] / n * 1e3:>12.1f} {0:>13.1e}")
     for b in batches:
         k = f"captum x{b}"
         print(f"{'captum NeuronGuidedBackprop, batched x' + str(b):<44} {best[k] / n * 1e3:>8.1f} "

@@ -60,7 +60,8 @@ def main() -> None:
                 assert r.status_code == 200, (url, r.status_code)
             times[name] = round(1000 * statistics.median(runs), 1)
             print(f"{name:32s} {times[name]:8.1f} ms  ({len(r.data) // 1024} KB)")
-    print(f"first request (indexes the run: {size_mb:.1f} MB result.json): {1000 * first:.0f} ms; fixture {built:.1f} s")
+    print(f"first request (indexes the run: {size_mb:.1f} MB result.json): {1000 * first:.0f} ms; "
+          f"fixture {built:.1f} s")
     print(json.dumps({"benchmark": "explorer_pages", "maps": args.maps, "median_ms": times,
                       "max_page_ms": max(times.values()), "first_request_ms": round(1000 * first),
                       "result_json_mb": round(size_mb, 1), "goal_ms": 300}))

@@ -152,7 +152,8 @@ def main() -> None:
     print(f"speedup vs captum (best ppe {best_ppe}): {speedup:.2f}x total time "
           f"({speedup * occ.target_prob.numel() / ((224 - w) // s + 1) ** 2:.2f}x per occluder); "
           f"vs our plain batching {t_plain / t_ours:.2f}x")
-    print(f"process CPU time: ours {min(CPU['ours']):.1f} s, captum ppe {best_ppe} {min(CPU[f'captum{best_ppe}']):.1f} s: "
+    print(f"process CPU time: ours {min(CPU['ours']):.1f} s, "
+          f"captum ppe {best_ppe} {min(CPU[f'captum{best_ppe}']):.1f} s: "
           f"{cpu_speedup:.2f}x")
     print(f"max |p_ours - p_naive| over all classes = {max_diff:.2e} ({len(pos)} occluders); vs plain batched "
           f"(all {occ.target_prob.numel()}): {max_diff_plain:.2e}; conv5 activity max rel diff = {max_diff_act:.2e}")
@@ -161,7 +162,8 @@ def main() -> None:
 
     print(json.dumps({
         "speedup": round(speedup, 3), "cpu_time_speedup": round(cpu_speedup, 3),
-        "cpu_s": {k: [round(v, 2) for v in t] for k, t in CPU.items()}, "ours_s": round(t_ours, 3), "captum_best_s": round(t_captum[best_ppe], 3),
+        "cpu_s": {k: [round(v, 2) for v in t] for k, t in CPU.items()}, "ours_s": round(t_ours, 3),
+        "captum_best_s": round(t_captum[best_ppe], 3),
         "captum_best_ppe": best_ppe, "plain_batched_s": clean(round(t_plain, 3)), "naive_loop_s": round(t_naive, 3),
         "max_abs_prob_diff": max_diff, "naive_checked": len(pos), "max_abs_prob_diff_plain": clean(max_diff_plain),
         "max_rel_activity_diff": clean(max_diff_act),

@@ -3,7 +3,8 @@
 Both train the same architecture from the same initial weights on the same pre-made batches
 (so data loading is not measured), in the same process, alternating step by step (ABAB...) so
 that load from other processes hits both alike; the ratio uses this process's CPU time (the wall
-clock is printed too), which other processes on a shared machine do not inflate. The bare loop is forward, cross-entropy,
+clock is printed too), which other processes on a shared machine do not inflate.
+The bare loop is forward, cross-entropy,
 zero_grad, backward, SGD step - nothing else. The convlens loop adds the paper's filter
 renormalization after every step, top-1/top-5 bookkeeping and the progress plumbing.
 

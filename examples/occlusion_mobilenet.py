@@ -3,7 +3,8 @@
 Run:  .venv/bin/python examples/occlusion_mobilenet.py [--out runs/examples/occlusion]
 Needs ../shared/data (imagenet-sample, models/mobilenet_v2_imagenet). The layer-5 analog is
 ``features.18`` (MobileNet-v2's last conv, 1280 maps of 7x7). MobileNet is not a ConvNet, so
-this uses plain batched forwards (no incremental inference). Panel (c) uses the guided rule. The converted TF weights need TF
+this uses plain batched forwards (no incremental inference). Panel (c) uses the guided rule.
+The converted TF weights need TF
 "SAME" padding on the stride-2 convs (see the model's README.txt); ``mobilenet()`` adds it.
 """
 from __future__ import annotations
@@ -58,10 +59,12 @@ def main() -> None:
         clean = float(occ.clean_probs[label])
         title = (f"{Path(rel).name}: true class {names[label]} (clean p = {clean:.3f}, "
                  f"predicted {names[int(occ.clean_probs.argmax())]}); {sec:.0f} s")
-        render_occlusion(pre.denormalize(image), occ, proj, box, names, title=title, rule=RULE).savefig(out / "occlusion.png", dpi=80)
+        fig = render_occlusion(pre.denormalize(image), occ, proj, box, names, title=title, rule=RULE)
+        fig.savefig(out / "occlusion.png", dpi=80)
         table = label_table(occ, names)
         summary = (f"p({names[label]}) {float(occ.target_prob.min()):.3f}..{float(occ.target_prob.max()):.3f} "
-                   f"(clean {clean:.3f}); features.18 map {occ.channel}; {occ.target_prob.numel()} positions, {sec:.0f} s")
+                   f"(clean {clean:.3f}); features.18 map {occ.channel}; "
+                   f"{occ.target_prob.numel()} positions, {sec:.0f} s")
         write_result(out, "occlusion", title="Occlusion sensitivity (Fig. 7), MobileNet-v2", summary=summary,
                      params={"image": rel, "window": args.window, "stride": args.stride, "layer": "features.18"},
                      figures=[{"path": "occlusion.png", "caption": title}], tables=[table], data=occ.to_dict())

@@ -38,7 +38,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224, help="center crop side (resize = size * 8/7)")
     ap.add_argument("--classes", type=int, default=102, help="use the first N classes (sorted)")
     ap.add_argument("--out", type=Path, default=Path("runs/examples/transfer_caltech101"))
-    ap.add_argument("--stage", default="all", choices=("extract", "svm", "svm-sgd", "softmax", "logreg", "curve", "write", "all"),
+    ap.add_argument("--stage", default="all",
+                    choices=("extract", "svm", "svm-sgd", "softmax", "logreg", "curve", "write", "all"),
                     help="extract: fill the feature cache; svm/softmax/curve: run one part and save it; "
                     "write: merge the saved parts into result.json; all: everything in one process")
     args = ap.parse_args()

@@ -51,7 +51,8 @@ def test_transform_points_follows_resize_crop():
     # 100x200 image (h, w): resize smallest side to 50 -> 50x100, crop center 50 (left 25), then crop 40 (offset 5)
     pts = torch.tensor([[[100.0, 50.0], [0.0, 0.0]]])
     out = transform_points(pts, torch.tensor([[100, 200]]), 50, 40)
-    torch.testing.assert_close(out[0, 0], torch.tensor([(100.5) * 0.5 - 0.5 - 30, 50.5 * 0.5 - 0.5 - 5], dtype=torch.float64))
+    torch.testing.assert_close(out[0, 0],
+                               torch.tensor([(100.5) * 0.5 - 0.5 - 30, 50.5 * 0.5 - 0.5 - 5], dtype=torch.float64))
 
 
 def test_masks_and_random_baseline():
@@ -92,7 +93,8 @@ def test_cli_end_to_end(tiny_checkpoint, tmp_path):
         w.writerows(rows)
     out = tmp_path / "corr"
     rc = main(["correspond", "--checkpoint", str(tiny_checkpoint), "--images", str(folder), "--landmarks",
-               str(folder / "landmarks.csv"), "--mask", "6", "--layers", "conv5,fc7", "--repeats", "2", "--out", str(out)])
+               str(folder / "landmarks.csv"), "--mask", "6", "--layers", "conv5,fc7", "--repeats", "2",
+               "--out", str(out)])
     assert rc == 0
     result = json.loads((out / "result.json").read_text())
     assert result["kind"] == "correspond" and len(result["tables"][0]["rows"]) == 4

@@ -258,7 +258,8 @@ def test_generic_torchvision_resnet_and_relu6():
     (g,) = torch.autograd.grad(out["a"][0, c, yy, xx], xg)
     torch.testing.assert_close(grad[0, 0], proj.values[0, 0] * g[0])
     # ReLU6 (mobilenet): warned once, treated as a rectifier
-    mb = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU6(inplace=True), nn.Conv2d(4, 2, 3)).double().eval()
+    mb = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU6(inplace=True),
+                       nn.Conv2d(4, 2, 3)).double().eval()
     with pytest.warns(UserWarning, match="ReLU6"):
         p = project_max(mb, x, "3", [0])
     assert torch.isfinite(p.images).all() and mb[2].inplace

@@ -17,7 +17,8 @@ from test_explorer import run_info, shared_run_dir
 pytestmark = pytest.mark.timeout(900)
 
 
-@pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason=f"{FASHION_MNIST_DIR} missing (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(not FASHION_MNIST_DIR.exists(),
+                    reason=f"{FASHION_MNIST_DIR} missing (apt-get install dataset-fashion-mnist)")
 def test_demo_quick_end_to_end(tmp_path_factory: pytest.TempPathFactory) -> None:
     run = shared_run_dir(tmp_path_factory)  # 'convlens demo --quick', run once per session
     info = run_info(run)

@@ -28,7 +28,8 @@ def test_pearson_and_convergence():
     assert math.isnan(r[2])  # a constant (dead-map) projection has no correlation
     corr = torch.tensor([[0.2, 0.95, 0.5, 0.97], [0.4, 0.91, 0.99, float("nan")]], dtype=torch.float64)
     evo = Evolution([1, 2, 5, 10, 20], {}, {}, {}, {}, {"conv1": corr})
-    torch.testing.assert_close(evo.mean_correlation("conv1"), torch.tensor([0.3, 0.93, 0.745, 0.97], dtype=torch.float64))
+    torch.testing.assert_close(evo.mean_correlation("conv1"),
+                               torch.tensor([0.3, 0.93, 0.745, 0.97], dtype=torch.float64))
     assert evo.converged_epoch("conv1") == 10  # 10->20 is the only pair from there on, and it is >= 0.9
     evo2 = Evolution([1, 2, 5], {}, {}, {}, {}, {"conv1": torch.tensor([[0.95, 0.92]])})
     assert evo2.converged_epoch("conv1") == 1

@@ -104,4 +104,5 @@ def test_sheets_are_labelled_split_and_readable_size():
     t = torch.zeros(1, 3, 8, 8)
     t[0, 0, 0, 0], t[0, 1, 3, 3] = 100.0, 1.0  # one huge pixel would leave the rest flat grey
     torch.testing.assert_close(normalize_for_display(t, percentile=100.0), normalize_for_display(t))
-    assert float(normalize_for_display(t, percentile=99.0)[0, 1, 3, 3]) > 0.9 > float(normalize_for_display(t)[0, 1, 3, 3])
+    assert (float(normalize_for_display(t, percentile=99.0)[0, 1, 3, 3]) > 0.9
+            > float(normalize_for_display(t)[0, 1, 3, 3]))

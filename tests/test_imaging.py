@@ -139,7 +139,8 @@ def test_stale_temporaries_removed_on_the_next_lock(tmp_path: Path) -> None:
     (out / "checkpoints").mkdir(parents=True)
     (out / "units" / "conv1").mkdir(parents=True)
     stale = [out / ".result.json.abc123.tmp", out / ".metrics.csv.tmp4242", out / "mean.pt.tmp",
-             out / "checkpoints" / ".last.pt.x1y2.tmp", out / "feats.tmp.npz", out / "units" / "conv1" / ".3_1.png.ab.tmp"]
+             out / "checkpoints" / ".last.pt.x1y2.tmp", out / "feats.tmp.npz",
+             out / "units" / "conv1" / ".3_1.png.ab.tmp"]
     keep = [out / "result.json", out / "checkpoints" / "last.pt", out / "tmp.png"]
     for p in stale + keep:
         p.write_bytes(b"x")

@@ -287,7 +287,8 @@ def test_cli_mine_end_to_end(tmp_path):
     entry = conv5["maps"]["3"][0]
     assert {"rank", "value", "index", "image", "y", "x", "box", "projection", "patch"} <= set(entry)
     assert entry["class"] in ("cats", "dogs") and entry["class"] == res["data"]["class_names"][entry["label"]]
-    assert entry["image"].startswith(str(root)) and (out / entry["projection"]).is_file() and (out / entry["patch"]).is_file()
+    assert (entry["image"].startswith(str(root)) and (out / entry["projection"]).is_file()
+            and (out / entry["patch"]).is_file())
     assert [e["rank"] for e in conv5["maps"]["3"]] == [0, 1, 2, 3]
     assert conv5["rule"] == "deconvnet" and "pool" in conv5["rule_reason"] and conv5["saturated_maps"] == []
     means = np.load(out / res["data"]["class_means"])
@@ -309,7 +310,8 @@ def test_cli_mine_rejects_unknown_layer(tmp_path, capsys):
     from convlens.checkpoint import save_checkpoint
     from convlens.data import Preprocessing
 
-    save_checkpoint(tmp_path / "ck.pt", model, preprocessing=Preprocessing(32, 32, torch.zeros(3, 1, 1), torch.ones(3, 1, 1)),
+    save_checkpoint(tmp_path / "ck.pt", model,
+                    preprocessing=Preprocessing(32, 32, torch.zeros(3, 1, 1), torch.ones(3, 1, 1)),
                     class_names=[str(i) for i in range(5)], epoch=1)
     code = main(["mine", "--checkpoint", str(tmp_path / "ck.pt"), "--dataset", str(tmp_path), "--layers", "conv9",
                  "--out", str(tmp_path / "o")])

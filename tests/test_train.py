@@ -36,7 +36,9 @@ def test_renormalize_filters_hand_values():
     renormalize_filters(model, 0.1)
     # filter 0: RMS 0.05 (under) -> untouched; filter 1: RMS sqrt((0.09+0.16)/2) = 0.35355 -> x0.1/0.35355;
     # filter 2: RMS exactly 0.1 -> untouched. Biases and fc weights are never touched.
-    expected = torch.tensor([[0.05, -0.05], [0.3 * 0.1 / 0.25**0.5 * 2**0.5, 0.4 * 0.1 / 0.25**0.5 * 2**0.5], [0.1, 0.1]])
+    expected = torch.tensor([[0.05, -0.05],
+                             [0.3 * 0.1 / 0.25**0.5 * 2**0.5, 0.4 * 0.1 / 0.25**0.5 * 2**0.5],
+                             [0.1, 0.1]])
     torch.testing.assert_close(conv.weight.view(3, 2), expected)
     assert conv.weight[1].pow(2).mean().sqrt().item() == pytest.approx(0.1, rel=1e-6)
     assert conv.bias.tolist() == [5.0, 6.0, 7.0]

@@ -140,7 +140,8 @@ def _conv_transpose_fold(g: torch.Tensor, weight: torch.Tensor, stride: tuple[in
     when the layer has few input channels (conv1: 3), where the direct kernel is inefficient."""
     b, c, h, w = g.shape
     co, (kh, kw) = weight.shape[1], weight.shape[-2:]
-    cols = torch.bmm(weight.reshape(c, co * kh * kw).t().expand(b, -1, -1), g.reshape(b, c, h * w))  # (B, Co*kh*kw, h*w)
+    # (B, Co*kh*kw, h*w)
+    cols = torch.bmm(weight.reshape(c, co * kh * kw).t().expand(b, -1, -1), g.reshape(b, c, h * w))
     size = ((h - 1) * stride[0] + kh, (w - 1) * stride[1] + kw)
     return F.fold(cols, size, (kh, kw), stride=stride)
 

@@ -48,7 +48,9 @@ def _capture(store: dict[str, Any], stop_at: int | None) -> Callable[..., None]:
     return hook
 
 
-def forward_to(model: nn.Module, target: nn.Module, x: torch.Tensor, calls: int | None = None) -> tuple[torch.Tensor, int]:
+def forward_to(
+    model: nn.Module, target: nn.Module, x: torch.Tensor, calls: int | None = None
+) -> tuple[torch.Tensor, int]:
     """(``target``'s output for ``x``, how often ``target`` was called). With ``calls`` the forward
     stops at that call (the rest of the network is not run); without, the last call's output."""
     store: dict[str, Any] = {}
@@ -126,8 +128,8 @@ def project(model: nn.Module, images: torch.Tensor, target: nn.Module, calls: in
     return out
 
 
-def _full_image(model: nn.Module, target: nn.Module, calls: int, image: torch.Tensor, units: torch.Tensor, seed: torch.Tensor,
-                out: torch.Tensor, chunk: int) -> None:
+def _full_image(model: nn.Module, target: nn.Module, calls: int, image: torch.Tensor, units: torch.Tensor,
+                seed: torch.Tensor, out: torch.Tensor, chunk: int) -> None:
     """One forward of ``image`` (1, C, H, W) to the layer; the units' backward passes batched over it."""
     x = image.clone().requires_grad_(True)
     act, _ = forward_to(model, target, x, calls)

@@ -77,7 +77,8 @@ PLANS = {
                      limit_val=24, mine_images=24, mine_maps=4, evolution_images=12, evolution_maps=2,
                      compare_epochs=1, ablate_variants="no34", ablate_epochs=1, ablate_limit=24, diagnose_images=16,
                      probe_per_class=(2, 4), probe_folds=2,
-                     probe_layers="conv5,fc7", probes="svm", mine_project="grid", occlusion_images=1, invariance_images=1),
+                     probe_layers="conv5,fc7", probes="svm", mine_project="grid", occlusion_images=1,
+                     invariance_images=1),
 }
 
 
@@ -111,7 +112,9 @@ def _subcommands() -> dict[str, set[str]]:
     return {name: {o for a in p._actions for o in a.option_strings} for name, p in sub.choices.items()}
 
 
-def _argv(cmd: str, positional: list[str], options: dict[str, object], accepted: set[str], notes: list[str]) -> list[str]:
+def _argv(
+    cmd: str, positional: list[str], options: dict[str, object], accepted: set[str], notes: list[str]
+) -> list[str]:
     """``[cmd, *positional, --flag value, ...]``, dropping (and noting) flags the command lacks."""
     argv = [cmd, *positional]
     for flag, value in options.items():
@@ -254,7 +257,8 @@ def _analysis_steps(out: Path, plan: DemoPlan, dataset: str, data_dir: str | Non
                                                      "--out": out / "evolution"}),
         step("invariance (Fig. 5)", "invariance", [], {"--checkpoint": ck, "--layers": "conv1,fc7",
                                                        "--out": out / "invariance"}),
-        step("diagnose (Fig. 6)", "diagnose", [], {"--checkpoint": ck, "--compare": out / "compare" / "checkpoints" / "last.pt",
+        step("diagnose (Fig. 6)", "diagnose", [], {"--checkpoint": ck,
+                                                   "--compare": out / "compare" / "checkpoints" / "last.pt",
                                                    **data, "--limit": plan.diagnose_images, "--out": out / "diagnose"}),
     ]
     inv = steps[2]

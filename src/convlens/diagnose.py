@@ -268,7 +268,8 @@ class Diagnosis:
 
     def to_dict(self) -> dict[str, object]:
         d: dict[str, object] = {
-            "name": self.name, "layers": list(self.layer_names), "metrics": self.metrics(), "rms": self.rms, "dominant_filter": self.dominant_filter,
+            "name": self.name, "layers": list(self.layer_names), "metrics": self.metrics(), "rms": self.rms,
+            "dominant_filter": self.dominant_filter,
             "active_fraction": self.active, "dead": {k: torch.nonzero(v).flatten() for k, v in self.dead.items()},
             "near_zero": {k: torch.nonzero(v).flatten() for k, v in self.near_zero.items()},
             "bands": self.bands, "aliasing": self.aliasing, "params": self.params,

@@ -26,7 +26,8 @@ def diagnosis_figures(d: Any, tag: str, out: Path) -> list[dict[str, str]]:
         ("conv1_filters", each, f"{d.name}: layer-1 filters ({d.layer_names[0]}), each contrast-normalized"),
         ("conv1_filters_shared", shared, f"{d.name}: layer-1 filters on one shared scale; dominance "
                                          f"{d.dominance:.2f} (filter {d.dominant_filter})"),
-        ("layer2_projections", proj, f"{d.name}: deconvnet projections of layer-2 channels ({d.layer_names[1]}, strongest image each); "
+        ("layer2_projections", proj, f"{d.name}: deconvnet projections of layer-2 channels "
+                                     f"({d.layer_names[1]}, strongest image each); "
                                      f"grid energy {float(d.aliasing.nanmean()):.4f}"),
     ):
         save_png(img, out / f"{tag}_{name}.png")

@@ -23,7 +23,8 @@ def write_evolution_outputs(evo: Any, out: Path, *, num_images: int, split: str 
         stable = evo.converged_epoch(layer)
         save_png(evolution_grid(evo, layer), out / f"{layer}_evolution.png")
         figures.append({"path": f"{layer}_evolution.png", "group": layer,
-                        "caption": f"{layer}: strongest activation of maps {', '.join(map(str, evo.maps[layer].tolist()))} "
+                        "caption": f"{layer}: strongest activation of maps "
+                                   f"{', '.join(map(str, evo.maps[layer].tolist()))} "
                                    f"(rows) at epochs {', '.join(map(str, evo.epochs))} (columns); below: mean "
                                    f"correlation of consecutive columns; stable (r >= {evo.threshold}) from epoch "
                                    f"{stable if stable is not None else '- (never)'}"})
@@ -38,7 +39,8 @@ def write_evolution_outputs(evo: Any, out: Path, *, num_images: int, split: str 
         summary=f"Strongest activation over {num_images} {split} images of {len(next(iter(evo.maps.values())))} "
                 f"random maps per layer, "
                 f"at epochs {', '.join(map(str, evo.epochs))}, projected with the deconvnet; a layer counts as "
-                f"converged from the first epoch after which consecutive projections keep correlation >= {evo.threshold}.",
+                f"converged from the first epoch after which consecutive projections keep correlation "
+                f">= {evo.threshold}.",
         params=dict(params or {}),
         figures=figures,
         tables=[{"title": "Mean correlation of each map's projection between consecutive epochs",

@@ -163,7 +163,9 @@ def record_activations(model: nn.Module, layers: Sequence[str]) -> Iterator[dict
 _CALL_COUNTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, bool], int]] = weakref.WeakKeyDictionary()
 
 
-def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, no_grad: bool = True) -> dict[str, torch.Tensor]:
+def capture(
+    model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, no_grad: bool = True
+) -> dict[str, torch.Tensor]:
     """Run ``model`` on ``x`` and return the outputs of ``layers``, keyed by the names given.
 
     The forward stops once every requested layer has produced its output (a ConvNet through

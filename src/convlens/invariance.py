@@ -132,7 +132,8 @@ def invariance_curves(
         >>> curves.distances["fc7"].shape    # (N, 12)
     """
     if images.dim() != 4:
-        raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}; add a batch dim with images[None]")
+        raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}; "
+                         "add a batch dim with images[None]")
     if transform not in TRANSFORMS:
         raise ValueError(f"unknown transform {transform!r}; expected one of {', '.join(TRANSFORMS)}")
     if len(params) == 0:
@@ -145,7 +146,8 @@ def invariance_curves(
             base, logits = _features(model, images, layers)
             lab = logits.argmax(1) if labels is None else torch.as_tensor(labels, device=images.device).long()
             if lab.shape != (len(images),) or int(lab.max()) >= logits.shape[1] or int(lab.min()) < 0:
-                raise ValueError(f"labels must be {len(images)} class indices in 0..{logits.shape[1] - 1}, got {lab.tolist()}")
+                raise ValueError(f"labels must be {len(images)} class indices in 0..{logits.shape[1] - 1}, "
+                                 f"got {lab.tolist()}")
             dists: dict[str, list[Tensor]] = {layer: [] for layer in layers}
             probs, tops = [], []
             for p in params:

@@ -9,7 +9,9 @@ import torch
 __all__ = ["example_params", "render_invariance"]
 
 
-def render_invariance(curves: dict[str, Any], examples: dict[str, torch.Tensor], names: list[str], layers: list[str]) -> Any:
+def render_invariance(
+    curves: dict[str, Any], examples: dict[str, torch.Tensor], names: list[str], layers: list[str]
+) -> Any:
     """Fig. 5 as a matplotlib Figure. ``examples[t]``: (K, 3, H, W) in [0, 1] (the first image transformed)."""
     import matplotlib
 

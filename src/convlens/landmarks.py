@@ -36,13 +36,17 @@ def read_landmarks(csv_path: Path, root: Path) -> tuple[list[Path], torch.Tensor
         try:
             points.append([[float(r[f"{p}_x"]), float(r[f"{p}_y"])] for p in PARTS])
         except (TypeError, ValueError):
-            raise ValueError(f"--landmarks {csv_path}: row of {r['file']} has a coordinate that is not a number") from None
+            raise ValueError(
+                f"--landmarks {csv_path}: row of {r['file']} has a coordinate that is not a number"
+            ) from None
     if len(paths) < 2:
         raise ValueError(f"--landmarks needs at least 2 images, got {len(paths)}")
     return paths, torch.tensor(points)
 
 
-def masked_images_grid(pre: Any, images: torch.Tensor, masks: torch.Tensor, rand: torch.Tensor, n_random: int = 3) -> torch.Tensor:
+def masked_images_grid(
+    pre: Any, images: torch.Tensor, masks: torch.Tensor, rand: torch.Tensor, n_random: int = 3
+) -> torch.Tensor:
     """Fig. 8 grid: per image, the original, each part masked, then a few random masks."""
     from .viz import make_grid
 

@@ -186,7 +186,8 @@ def default_layers(model: nn.Module, input_size: int | tuple[int, int], *, at_mo
 
     A ConvNet: its conv layers (``conv1`` ... ``conv5``). Any other CNN: its trunk is the module
     (the model itself, ``features``, ``blocks`` ...) whose direct children's outputs span the
-    most resolutions (spatial maps larger than 1x1; ties: more such children); among those children the blocks (or, in a flat trunk such
+    most resolutions (spatial maps larger than 1x1; ties: more such children); among those
+    children the blocks (or, in a flat trunk such
     as vgg's ``features``, the activations), the last one of each output resolution, at most
     ``at_most`` of them evenly spread (always the deepest).
 

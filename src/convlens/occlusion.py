@@ -3,7 +3,8 @@ layer-5 map and the classifier.
 
 For every occluder position one forward pass gives (a) the total activation of one feature map
 (default: the map with the largest total activation in the unoccluded image; a single-maximum
-criterion ties on saturated units such as ReLU6's 6), (b) the probability of the correct class, (c) the most probable label
+criterion ties on saturated units such as ReLU6's 6), (b) the probability of the correct class,
+(c) the most probable label
 and the probabilities of all classes (so any class's map comes without recomputing).
 
 Conventions (departures from / details the paper leaves open):

@@ -74,7 +74,9 @@ def class_name(c: int, class_names: list[str]) -> str:
     return class_names[c] if c < len(class_names) else str(c)
 
 
-def occlusion_projection(model: Any, image: torch.Tensor, occ: Any, rule: str = "deconvnet") -> tuple[torch.Tensor | None, Any]:
+def occlusion_projection(
+    model: Any, image: torch.Tensor, occ: Any, rule: str = "deconvnet"
+) -> tuple[torch.Tensor | None, Any]:
     """Panel (c): deconvnet projection of the map's strongest activation (None if unavailable)."""
     try:
         from ..deconv import project_max

@@ -46,7 +46,8 @@ class UnitTiles:
     rule: str = "deconvnet"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "rule": self.rule, "maps": self.maps, "values": self.values, "indices": self.indices,
+        return {"layer": self.layer, "rule": self.rule, "maps": self.maps, "values": self.values,
+                "indices": self.indices,
                 "boxes": self.boxes,
                 "projections": self.projections, "patches": self.patches}
 

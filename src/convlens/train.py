@@ -297,7 +297,8 @@ class _Run:
                  argv: list[str], progress: bool) -> None:
         self.cfg, self.device, self.info, self.argv = cfg, device, info, argv
         self.out = Path(cfg.out) if cfg.out else None
-        self.data = datasets if datasets is not None else open_run_data(cfg, self.out, progress=progress, dist_info=info)
+        self.data = (datasets if datasets is not None
+                     else open_run_data(cfg, self.out, progress=progress, dist_info=info))
         if self.data.preprocessing is None:
             size = get_config(cfg.arch).input_size
             self.data = dataclasses.replace(self.data, preprocessing=identity_preprocessing(size))
@@ -375,7 +376,8 @@ class _Run:
                "train_top5_err": t["top5_err"], "val_loss": v.get("loss", nan), "val_top1_err": v.get("top1_err", nan),
                "val_top5_err": v.get("top5_err", nan), "lr": lr, "seconds": time.perf_counter() - start}
         self.rows.append(row)
-        (log.info if self.info.main else log.debug)("epoch %d/%d: train loss %.4f err %.4f | val loss %.4f top-1 err %.4f top-5 err %.4f | "
+        (log.info if self.info.main else log.debug)(
+                 "epoch %d/%d: train loss %.4f err %.4f | val loss %.4f top-1 err %.4f top-5 err %.4f | "
                  "lr %.1e | %.0f s (%.0f img/s)", epoch, cfg.epochs, row["train_loss"], row["train_top1_err"],
                  row["val_loss"], row["val_top1_err"], row["val_top5_err"], lr, row["seconds"],
                  t["images"] / t["seconds"])
@@ -421,7 +423,8 @@ class _Run:
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
         if float(extra["config"]["lr"]) != self.cfg.lr:  # the paper's manual annealing: resume with a new --lr
-            log.info("resume: learning rate set to %g (the run was started with %g)", self.cfg.lr, extra["config"]["lr"])
+            log.info("resume: learning rate set to %g (the run was started with %g)",
+                     self.cfg.lr, extra["config"]["lr"])
             for group in self.optimizer.param_groups:
                 group["lr"] = self.cfg.lr
         if self.scaler is not None and extra.get("scaler"):

@@ -44,7 +44,8 @@ class RunData:
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, workers: int = 0, dist_info: DistInfo | None = None
+    dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, workers: int = 0,
+    dist_info: DistInfo | None = None,
 ) -> DataLoader:
     """A DataLoader with the DistributedSampler rule in one process too (shuffle from seed + epoch).
 

@@ -357,7 +357,8 @@ class Duplicates:
 
     def to_dict(self) -> dict[str, object]:
         return {"threshold": self.threshold,
-                "pairs": [[int(i), int(j), float(s)] for (i, j), s in zip(self.pairs.tolist(), self.scores.tolist(), strict=False)]}
+                "pairs": [[int(i), int(j), float(s)]
+                          for (i, j), s in zip(self.pairs.tolist(), self.scores.tolist(), strict=False)]}
 
 
 def find_duplicates(sig_a: torch.Tensor, sig_b: torch.Tensor, *, threshold: float = 0.95,

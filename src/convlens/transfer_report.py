@@ -108,7 +108,8 @@ def plot_by_layer(res: Any, out: Path) -> dict[str, str]:
 
 
 def write_transfer_outputs(out: Path, res: Any, *, curve: Any = None, class_names: Sequence[str] = (),
-                           params: Mapping[str, Any] | None = None, scratch: Mapping[int, Sequence[float]] | None = None,
+                           params: Mapping[str, Any] | None = None,
+                           scratch: Mapping[int, Sequence[float]] | None = None,
                            duplicates: list[list[Any]] | None = None) -> Path:
     """result.json (kind transfer), transfer.md and the two PNGs. ``curve``: an extra protocol result
     (e.g. many n on the top layer) plotted as accuracy-vs-n instead of ``res``."""

@@ -94,7 +94,9 @@ def make_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2, pad_value: floa
     return grid
 
 
-def colorize(heat: torch.Tensor, cmap: str = "jet", *, vmin: float | None = None, vmax: float | None = None) -> torch.Tensor:
+def colorize(
+    heat: torch.Tensor, cmap: str = "jet", *, vmin: float | None = None, vmax: float | None = None
+) -> torch.Tensor:
     """Map a (H, W) heat map to a (3, H, W) RGB image in [0, 1] with a matplotlib colormap.
 
     Values are scaled linearly from [vmin, vmax] (default: the map's min and max) to [0, 1].

@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     write_text(args.out / "correspondence.md", f"### {table['title']}\n\n" + markdown_table(cols, rows))
     save_png(masked_images_grid(pre, images.cpu(), masks.cpu(), rand.cpu()), args.out / "masked_images.png")
-    summary = "; ".join(f"{r[0]}: " + ", ".join(f"{layer} {c.split(' ±')[0]}" for layer, c in zip(layers, r[1:], strict=False))
+    summary = "; ".join(f"{r[0]}: "
+                        + ", ".join(f"{layer} {c.split(' ±')[0]}" for layer, c in zip(layers, r[1:], strict=False))
                         for r in rows)
     data = corr.to_dict()
     data.update(images=[str(p) for p in paths], points=pts.tolist(), mask=args.mask)

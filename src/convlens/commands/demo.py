@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="a ~1 minute version (tiny subsets, 1 epoch), used in tests")
     p.add_argument("--dataset", default="fashion-mnist",
                    help="fashion-mnist (default, Debian's dataset-fashion-mnist), cifar10, or an ImageFolder directory")
-    p.add_argument("--data-dir", default=None, help="where the dataset lives (fashion-mnist: Debian's folder by default)")
+    p.add_argument("--data-dir", default=None,
+                   help="where the dataset lives (fashion-mnist: Debian's folder by default)")
     p.add_argument("--out", default="runs/demo", help="run directory to write (default runs/demo)")
     p.add_argument("--strict", action="store_true", help="exit with code 1 if any step failed")
     p.set_defaults(func=run)

@@ -1,7 +1,8 @@
 """``convlens evolution``: how chosen feature maps change over training (Fig. 4).
 
 Reads ``RUN/checkpoints/epoch_NNN.pt`` (all of them when there are at most 8, else the paper's
-epochs 1, 2, 5, 10, 20, 30, 40, 64 that exist, or 8 spread over the run), mines the strongest activation of each chosen map
+epochs 1, 2, 5, 10, 20, 30, 40, 64 that exist, or 8 spread over the run), mines the strongest
+activation of each chosen map
 over the training set at each checkpoint, projects it, and writes per layer
 ``OUT/<layer>_evolution.png`` (rows = maps, columns = epochs, with the mean correlation of
 consecutive columns underneath) and ``OUT/result.json``.
@@ -29,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random maps shown")
     p.add_argument("--maps", type=positive_int, default=8, help="random maps per layer (seeded)")
     p.add_argument("--epochs", default=None,
-                   help="comma-separated epochs (default: all if <= 8, else the paper's 1,2,5,10,20,30,40,64 that exist)")
+                   help="comma-separated epochs "
+                   "(default: all if <= 8, else the paper's 1,2,5,10,20,30,40,64 that exist)")
     p.add_argument("--threshold", type=float, default=0.9, help="correlation that counts as 'stopped changing'")
     add_device_arg(p)
     add_out_arg(p, required=False, help="output folder (default RUN/evolution)")
@@ -74,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     size = last.preprocessing.crop
     shapes = capture(last.model.eval(), torch.zeros(1, 3, size, size, device=device), layers)
     gen = torch.Generator().manual_seed(args.seed)
-    maps = {layer: sorted(torch.randperm(a.shape[1], generator=gen)[:args.maps].tolist()) for layer, a in shapes.items()}
+    maps = {layer: sorted(torch.randperm(a.shape[1], generator=gen)[:args.maps].tolist())
+            for layer, a in shapes.items()}
     models = ((e, load_model(checkpoints[e], map_location=device).model) for e in epochs)
     evo = feature_evolution(models, loader, ds, maps, threshold=args.threshold, progress=True)
     out = Path(args.out or Path(args.run) / "evolution")

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="feature distances and true-label probability under translation, scale, rotation (Fig. 5)",
         description="Translate (vertically), scale and rotate each image; plot the Euclidean distance between the "
         "feature vectors of the transformed and the original image at each layer, and the true-label probability.",
-        epilog="example: convlens invariance --checkpoint C --images a.jpg b.jpg --layers conv1,fc7 --out runs/zf/invariance",
+        epilog="example: convlens invariance --checkpoint C --images a.jpg b.jpg --layers conv1,fc7 "
+        "--out runs/zf/invariance",
     )
     add_model_args(p)
     p.add_argument("--images", nargs="+", required=True, help="image files")
@@ -31,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated layers (default conv1,fc7 of a convlens model, else the first and last "
                         "default layers; see 'convlens summary')")
     p.add_argument("--translate", default=None,
-                   help="vertical shifts in pixels, comma-separated (default: -60..60 step 10, scaled to the input size)")
+                   help="vertical shifts in pixels, comma-separated "
+                   "(default: -60..60 step 10, scaled to the input size)")
     p.add_argument("--scale", default="0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5,1.6,1.7,1.8", help="scale factors")
     p.add_argument("--rotate", default=",".join(str(a) for a in range(0, 361, 15)), help="rotation angles in degrees")
     add_device_arg(p)
@@ -71,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     H = images.shape[-2]
     translate = _floats(args.translate, "--translate") if args.translate else \
         [float(round(v * H / 224)) for v in range(-60, 61, 10)]
-    sweeps = {"translate": translate, "scale": _floats(args.scale, "--scale"), "rotate": _floats(args.rotate, "--rotate")}
+    sweeps = {"translate": translate, "scale": _floats(args.scale, "--scale"),
+              "rotate": _floats(args.rotate, "--rotate")}
     curves = {t: invariance_curves(loaded.model, images, transform=t, params=v, layers=layers, labels=labels)
               for t, v in sweeps.items()}
     examples = {t: torch.stack([pre.denormalize(transform_images(images[:1], t, v)[0].cpu())
@@ -81,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     save_figure(render_invariance(curves, examples, names, layers), args.out / "invariance.png", dpi=80)
     cls = loaded.class_names
     first = curves["translate"].labels
-    cols = ["image", "true label", "clean P(true)"] + [f"max {t} distance {layer}" for t in sweeps for layer in layers[-1:]] \
+    cols = ["image", "true label", "clean P(true)"] \
+        + [f"max {t} distance {layer}" for t in sweeps for layer in layers[-1:]] \
         + [f"min P(true) under {t}" for t in sweeps]
     ident = {"translate": 0.0, "scale": 1.0, "rotate": 0.0}
     rows = []

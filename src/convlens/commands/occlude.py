@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     data.update(class_names={str(k): v for k, v in label_names(occ.top_label, names).items()}, seconds=seconds,
                 image=str(args.image), rule=rule, rule_reason=rule_reason)
     summary = (f"{occ.window}px grey square, stride {occ.stride}, {occ.target_prob.numel()} positions: "
-               f"p({class_name(occ.target, names)}) {float(occ.target_prob.min()):.3f}..{float(occ.target_prob.max()):.3f} "
+               f"p({class_name(occ.target, names)}) "
+               f"{float(occ.target_prob.min()):.3f}..{float(occ.target_prob.max()):.3f} "
                f"(clean {float(occ.clean_probs[occ.target]):.3f}); {occ.layer} map {occ.channel}; {seconds:.1f} s")
     write_result(args.out, "occlusion", title="Occlusion sensitivity (Fig. 7)", summary=summary,
                  params=run_params(args, loaded),

@@ -36,11 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated layers (default conv1..conv5,fc6,fc7 of a convlens model, else a few evenly "
                         "spaced blocks; see 'convlens summary')")
     p.add_argument("--probe", default="svm,softmax", help="svm,logreg,softmax (default svm,softmax)")
-    p.add_argument("--pool-size", type=positive_int, default=2, help="conv maps are adaptive-avg-pooled to this side (default 2)")
+    p.add_argument("--pool-size", type=positive_int, default=2,
+                   help="conv maps are adaptive-avg-pooled to this side (default 2)")
     p.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the probes (default 1)")
     p.add_argument("--scratch", action="store_true", help="also train a small convnet from scratch on each fold")
-    p.add_argument("--scratch-arch", default="zfnet-small", help="architecture trained from scratch (default zfnet-small)")
-    p.add_argument("--scratch-epochs", type=positive_int, default=5, help="epochs of the from-scratch baseline (default 5)")
+    p.add_argument("--scratch-arch", default="zfnet-small",
+                   help="architecture trained from scratch (default zfnet-small)")
+    p.add_argument("--scratch-epochs", type=positive_int, default=5,
+                   help="epochs of the from-scratch baseline (default 5)")
     p.add_argument("--contamination", default=None, metavar="DIR",
                    help="also find near-duplicates of --dataset images in this dataset (e.g. the pretraining set)")
     p.add_argument("--threshold", type=float, default=0.95, help="normalized correlation of a duplicate (default 0.95)")

@@ -145,7 +145,8 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
     root = Path(run_dir)
     if not root.is_dir():
         raise NotADirectoryError(f"run directory {str(run_dir)!r} does not exist")
-    loader, label = (model, model_label or "the given model") if model is not None else _default_loader(root, checkpoint)
+    loader, label = ((model, model_label or "the given model") if model is not None
+                     else _default_loader(root, checkpoint))
     state = _State(root, loader, label, max_pixels, JobQueue(workers=workers, capacity=queue, keep=keep))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES

@@ -131,7 +131,8 @@ def _bar(cmap: str, lo: float, hi: float, what: str) -> tuple[str, float, float,
     from matplotlib import colormaps
 
     stops = [colormaps[cmap](i / 10) for i in range(11)]
-    css = ", ".join(f"rgb({int(r * 255)},{int(g * 255)},{int(b * 255)}) {i * 10}%" for i, (r, g, b, _) in enumerate(stops))
+    css = ", ".join(f"rgb({int(r * 255)},{int(g * 255)},{int(b * 255)}) {i * 10}%"
+                    for i, (r, g, b, _) in enumerate(stops))
     return f"linear-gradient(to right, {css})", float(lo), float(hi), what
 
 

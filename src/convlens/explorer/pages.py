@@ -102,7 +102,8 @@ def _evolution(state: Any, layer: str, m: int) -> tuple[list[dict[str, Any]], st
     if str(m) in tracked:
         note = f"Map {m} is the row labelled {layer}:{m}."
     else:
-        note = f"Map {m} was not among the maps tracked over training ({', '.join(tracked) or 'none'}); shown for context."
+        note = (f"Map {m} was not among the maps tracked over training ({', '.join(tracked) or 'none'}); "
+                "shown for context.")
     return figures, note
 
 

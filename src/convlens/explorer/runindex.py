@@ -21,7 +21,8 @@ import numpy as np
 
 from ..manifest import Result
 
-__all__ = ["RULE_CHOICES", "SORTS", "ClassMeans", "Entry", "MapInfo", "Mined", "MinedLayer", "file_url", "index_mine", "url_maker"]
+__all__ = ["RULE_CHOICES", "SORTS", "ClassMeans", "Entry", "MapInfo", "Mined", "MinedLayer", "file_url", "index_mine",
+           "url_maker"]
 
 RULE_CHOICES = ("auto", "deconvnet", "guided", "gradient")
 """Projection rules offered for uploads (``auto``: see :func:`convlens.explorer.compute.resolve_rule`)."""

@@ -67,7 +67,8 @@ class _Assets:
                 rel = Path("external") / f"{abs(hash(src)) % 10**8}_{src.name}"
             dst = self.out / "assets" / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
-            if not dst.exists() or dst.stat().st_mtime < src.stat().st_mtime or dst.stat().st_size != src.stat().st_size:
+            if (not dst.exists() or dst.stat().st_mtime < src.stat().st_mtime
+                    or dst.stat().st_size != src.stat().st_size):
                 shutil.copy2(src, dst)
             self.done[src] = quote(("assets" / rel).as_posix())
         return self.done[src]
@@ -113,7 +114,8 @@ def _figures(r: Result, assets: _Assets) -> str:
         groups.setdefault(f.group, []).append(f"<figure>{img}{cap}</figure>")
     named = len(groups) > 1 or not ({"", r.kind} & set(groups))  # no heading that only repeats the kind
     html = "".join(
-        f'<div class="group">{f"<h4>{escape(g)}</h4>" if g and named else ""}<div class="figs">{"".join(items)}</div></div>'
+        f'<div class="group">{f"<h4>{escape(g)}</h4>" if g and named else ""}'
+        f'<div class="figs">{"".join(items)}</div></div>'
         for g, items in groups.items()
     )
     return f'<div class="groups">{html}</div>' if html else ""
