@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from ._common import add_device_arg, add_model_args, add_out_arg, positive_int
 
