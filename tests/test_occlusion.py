@@ -172,3 +172,19 @@ def test_cli_end_to_end(tiny_checkpoint, image_folder, tmp_path):
         assert (out / fig["path"]).is_file()
     assert main(["occlude", "--checkpoint", str(tiny_checkpoint), "--image", str(image), "--window", "99",
                  "--stride", "4", "--out", str(out)]) == 2
+
+
+def test_panel_c_projection_is_drawn(tiny_model):
+    """Fig. 7 panel (c): the projection of the map's strongest unit exists and is not blank."""
+    from types import SimpleNamespace
+
+    from convlens.hooks import capture
+    from convlens.occlusion_figures import occlusion_projection
+
+    x = torch.randn(3, 32, 32)
+    act = capture(tiny_model, x[None], ["conv5"])["conv5"][0]
+    channel = int(act.flatten(1).amax(1).argmax())
+    assert act[channel].max() > 0
+    proj01, box = occlusion_projection(tiny_model, x, SimpleNamespace(layer="conv5", channel=channel), "deconvnet")
+    assert proj01 is not None and box is not None
+    assert proj01.shape == (3, 32, 32) and float(proj01.std()) > 0

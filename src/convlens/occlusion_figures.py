@@ -78,15 +78,15 @@ def occlusion_projection(
     model: Any, image: torch.Tensor, occ: Any, rule: str = "deconvnet"
 ) -> tuple[torch.Tensor | None, Any]:
     """Panel (c): deconvnet projection of the map's strongest activation (None if unavailable)."""
-    try:
-        from ..deconv import project_max
-        from ..viz import normalize_for_display
+    from .deconv import project_max
+    from .viz import normalize_for_display
 
+    try:
         proj = project_max(model, image[None], occ.layer, [occ.channel], rule=rule)
         if not proj.images.abs().max() > 0:  # e.g. guided/gradient through a unit clipped by ReLU6
             raise ValueError(f"the {rule} projection of {occ.layer} map {occ.channel} is exactly zero")
         return normalize_for_display(proj.images[0, 0]).cpu(), proj.boxes[0, 0].tolist()
-    except (ImportError, ValueError, NotImplementedError) as exc:  # e.g. a model the deconvnet cannot walk
+    except (ValueError, NotImplementedError) as exc:  # e.g. a model the deconvnet cannot walk
         log.warning("no projection for panel (c): %s", exc)
         return None, None
 
