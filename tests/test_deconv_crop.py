@@ -1,6 +1,7 @@
 """Receptive-field-cropped projections (generic path) equal full-image autograd projections."""
 from __future__ import annotations
 
+import copy
 import functools
 import warnings
 
@@ -132,3 +133,35 @@ def test_global_operation_means_full_images():
     proj = project_units(model, images, "conv2", units, rule="gradient")
     torch.testing.assert_close(proj.images, reference(model, images, "conv2", units, "gradient"))
     assert (proj.images.flatten(2).abs().amax(-1) > 0).all()
+
+
+@pytest.mark.parametrize("name,layer,tf_same", [("resnet18", "layer2.0.relu", False),
+                                                ("mobilenet_v2", "features.6.conv.3", False),
+                                                ("mobilenet_v2", "features.6.conv.3", True)])
+@pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
+@pytest.mark.parametrize("split", [False, True])
+def test_explicit_way_down_equals_autograd(monkeypatch, name, layer, tf_same, rule, split):
+    """The explicit batched way down (full images), with TF "SAME" padding hooks and with the batch
+    split into single samples on large maps, equals one autograd backward per unit."""
+    from convlens import _deconv_graph
+    from convlens.checkpoint import use_tf_same_padding
+
+    model = copy.deepcopy(_model(name))
+    if tf_same:
+        use_tf_same_padding(model)
+    if name == "resnet18":  # max pooling is left to autograd; the additions and shared signals are tested
+        model.maxpool = nn.Identity()
+    images = torch.randn(2, 3, 48, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    units = live_units(model, images, layer)
+    monkeypatch.setattr(_deconv_generic, "CROP_FRACTION", 0.0)
+    if split:
+        monkeypatch.setattr(_deconv_graph, "SPLIT_NUMEL", 1)
+        monkeypatch.setattr(_deconv_graph, "SPLIT_BATCH", 1)
+    seed = torch.ones(units.shape[0] * units.shape[1], dtype=torch.float64)
+    assert _deconv_graph.project(model, images, layer, units, seed, rule) is not None  # the explicit path
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proj = project_units(model, images, layer, units, rule=rule)
+    ref = reference(model, images, layer, units, rule)
+    assert (ref.flatten(2).abs().amax(-1) > 0).all()
+    torch.testing.assert_close(proj.images, ref, rtol=1e-9, atol=1e-12 * float(ref.abs().max()))

@@ -244,18 +244,15 @@ class IncrementalPlan:
     def _same_pad(self, node: fx.Node, m: nn.Module, win: Any) -> Any:
         """A conv whose only hook is convlens's TF "SAME" padding: asymmetric padding, known from the
         input size. Any other hook may change anything: the node is treated as global."""
-        from .checkpoint import _same_pad
+        from .checkpoint import has_only_same_pad, same_padding
 
-        hooks = list(m._forward_pre_hooks.values())
-        if m._forward_hooks or hooks != [_same_pad] or win is None or win[3] != 0:
+        if not has_only_same_pad(m) or win is None:
             return None
-        h, w = self.clean[node.all_input_nodes[0]].shape[-2:]
-        (kh, kw), (sh, sw) = m.kernel_size, m.stride  # type: ignore[misc]
-        ph, pw = max((-(-h // sh) - 1) * sh + kh - h, 0), max((-(-w // sw) - 1) * sw + kw - w, 0)
-        if ph // 2 != pw // 2:
+        pad = same_padding(m, *self.clean[node.all_input_nodes[0]].shape[-2:])
+        if pad[0] != pad[2]:
             return None
-        self.full_pad[node] = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
-        return (win[0], win[1], win[2], ph // 2, win[4])
+        self.full_pad[node] = pad
+        return (win[0], win[1], win[2], pad[0], win[4])
 
     def _classify(self, node: fx.Node) -> Any:
         return classify(node, self.kind, self.modules, self._same_pad)

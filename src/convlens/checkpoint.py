@@ -81,13 +81,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def _same_pad(mod: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    x = inputs[0]
+def same_padding(mod: nn.Module, h: int, w: int) -> tuple[int, int, int, int]:
+    """TensorFlow "SAME" zero padding (left, right, top, bottom) of conv ``mod`` for an h x w input."""
     (kh, kw), (sh, sw) = mod.kernel_size, mod.stride  # type: ignore[misc]
-    h, w = x.shape[-2:]
     ph = max((-(-h // sh) - 1) * sh + kh - h, 0)
     pw = max((-(-w // sw) - 1) * sw + kw - w, 0)
-    return (torch.nn.functional.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)),)
+    return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
+
+
+def _same_pad(mod: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    x = inputs[0]
+    return (torch.nn.functional.pad(x, same_padding(mod, *x.shape[-2:])),)
+
+
+def has_only_same_pad(mod: nn.Module) -> bool:
+    """Whether ``mod`` is a conv whose only hook is :func:`use_tf_same_padding`'s (and padding 0)."""
+    return (isinstance(mod, nn.Conv2d) and not mod._forward_hooks and mod.padding in (0, (0, 0))
+            and list(mod._forward_pre_hooks.values()) == [_same_pad])
 
 
 def use_tf_same_padding(model: nn.Module) -> nn.Module:
