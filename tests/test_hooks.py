@@ -138,3 +138,25 @@ def test_tuple_outputs_and_unused_modules_are_clear_errors():
     assert capture(net, x, ["block.conv"])["block.conv"].shape == (1, 4, 6, 6)
     with pytest.raises(ValueError, match="never ran"):
         capture(net, x, ["unused"])
+
+
+def test_recorded_outputs_survive_later_inplace_ops():
+    """torchvision's ReLU(inplace=True) after a BatchNorm and ResNet's ``out += identity`` modify the
+    recorded tensor in place: the recorded value is the module's output as it was returned."""
+    import torchvision
+
+    from convlens.hooks import capture
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    x = torch.randn(1, 3, 64, 64)
+    acts = capture(model, x, ["layer1.0.bn1", "layer1.0.bn2", "layer1.0"])
+    with torch.no_grad():
+        block = model.layer1[0]
+        stem = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        bn1 = block.bn1(block.conv1(stem))
+        bn2 = block.bn2(block.conv2(torch.relu(bn1)))
+    assert (bn1 < 0).any() and (bn2 < 0).any()  # values an in-place relu would have changed
+    torch.testing.assert_close(acts["layer1.0.bn1"], bn1)
+    torch.testing.assert_close(acts["layer1.0.bn2"], bn2)
+    torch.testing.assert_close(acts["layer1.0"], torch.relu(bn2 + stem))

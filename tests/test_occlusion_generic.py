@@ -17,6 +17,9 @@ def naive(model: nn.Module, image: torch.Tensor, window: int, stride: int, fill:
     H, W = image.shape[-2:]
     py, px = occluder_positions(H, window, stride), occluder_positions(W, window, stride)
     probs, act = [], []
+    inplace = [m for m in model.modules() if getattr(m, "inplace", False)]  # else a recorded BN output is clamped
+    for m in inplace:
+        m.inplace = False
     with torch.no_grad():
         for y in py:
             for x in px:
@@ -26,6 +29,8 @@ def naive(model: nn.Module, image: torch.Tensor, window: int, stride: int, fill:
                     logits = model(img[None])
                 probs.append(logits.softmax(1)[0])
                 act.append(acts[layer][0, channel].sum())
+    for m in inplace:
+        m.inplace = True
     return torch.stack(probs).reshape(len(py), len(px), -1), torch.stack(act).reshape(len(py), len(px))
 
 
@@ -62,6 +67,9 @@ CASES = [  # (model, size, layer, window, stride): interior and border occluders
     ("resnet18", 48, "layer1.0.relu", 7, 7),
     ("mobilenet_v2", 64, "features.13", 20, 11),
     ("mobilenet_v2", 48, "features.4", 9, 8),
+    # the layer is the BatchNorm before a ReLU6 / ReLU: the in-place clamp must not reach the layer's value
+    ("mobilenet_v2", 48, "features.5.conv.1.1", 9, 8),
+    ("resnet18", 48, "layer1.0.bn1", 7, 7),
 ]
 
 
@@ -192,3 +200,26 @@ def test_tf_same_padding_hooks(mobilenet_v2):
     plan = IncrementalPlan(model, image[None], "features.6", 0.0, 9)
     kinds = {str(n.target): k for n, k in plan.kind.items()}
     assert kinds["features.2.conv.1.0"][3] == 0 and kinds["features.3.conv.0.0"] is None
+
+
+def test_workers_and_inplace_clamps(mobilenet_v2, monkeypatch):
+    """Occluder batches in two worker threads equal one thread; the ReLU6 nodes clamp in place
+    (except where the clamped tensor is the layer's value) and the caller's thread count is restored."""
+    from convlens import _occlusion_engine
+
+    image = torch.randn(3, 48, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = occlusion_map(mobilenet_v2, image, window=9, stride=8, layer="features.6", batch_size=4)
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(_occlusion_engine, "WORKERS", 1)
+        one = occlusion_map(mobilenet_v2, image, window=9, stride=8, layer="features.6", batch_size=4)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(two.probs, one.probs, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(two.feature_activity, one.feature_activity, rtol=1e-12, atol=1e-12)
+    plan = IncrementalPlan(mobilenet_v2, image[None], "features.5.conv.1.1", 0.0, 9)
+    clamped = {str(n.target) for n in plan.clamps}
+    assert "features.5.conv.0.2" in clamped and "features.18.2" in clamped
+    assert "features.5.conv.1.2" not in clamped  # its input is the layer's value

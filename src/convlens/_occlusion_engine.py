@@ -9,6 +9,8 @@ a model allows, and only what the maps need (the logits and one map's total acti
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -25,6 +27,29 @@ log = logging.getLogger(__name__)
 # (depthwise convolutions gain nothing from large batches, the incremental patches are small)
 GRAPH_BATCH = 32
 PLAIN_BATCH = 8
+WORKERS = 2  # Python threads over occluder batches on the generic incremental path (CPU)
+
+
+def _in_workers(fn: Callable[[Tensor], Any], items: list[Tensor], workers: int) -> list[Any]:
+    """``[fn(item) for item in items]`` in ``inference_mode``; on CPU with ``workers`` > 1, as many
+    Python threads, each with its share of torch's threads (restored afterwards). The incremental
+    path is many small ops that one thread pool does not fill: measured on MobileNetV2 with 2 cores,
+    two workers of one thread each take 0.75x the time of one worker with two."""
+    threads = torch.get_num_threads()
+    workers = min(workers, threads, len(items))
+
+    def one(item: Tensor) -> Any:
+        with torch.inference_mode():
+            return fn(item)
+
+    if workers <= 1:
+        return [one(item) for item in items]
+    torch.set_num_threads(threads // workers)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(one, items))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def forward(model: nn.Module, x: Tensor, layer: str) -> tuple[Tensor, Tensor]:
@@ -74,7 +99,8 @@ class Engine:
 
     def evaluate(self, grid: Tensor, channel: int) -> tuple[Tensor, Tensor]:
         """(logits (G, K), activity (G,)) for occluders at ``grid`` (G, 2) top-left positions."""
-        bs = self.batch_size
+        workers = WORKERS if self.plan is not None and grid.device.type == "cpu" else 1
+        bs = min(self.batch_size, -(-len(grid) // workers))  # every worker gets a batch
         batches = [torch.arange(i, min(i + bs, len(grid))) for i in range(0, len(grid), bs)]
         head = None
         if self.convnet:
@@ -97,12 +123,9 @@ class Engine:
                     x = x.contiguous(memory_format=torch.channels_last)
                 logits, act = forward(self.model, x, self.layer)
                 return logits, map_total(act, channel)
-        logits: list[Tensor] = []
-        activity = []
-        for idx in batches:
-            lg, ac = run(grid[idx, 0], grid[idx, 1])
-            logits.append(lg)
-            activity.append(ac)
+        results = _in_workers(lambda idx: run(grid[idx, 0], grid[idx, 1]), batches, workers)
+        logits = [lg for lg, _ in results]
+        activity = [ac for _, ac in results]
         if head is not None:  # fc head on many full vectors at once: fewer passes over the fc weights
             flat = torch.cat(logits)
             logits = [head(flat[i:i + 256]) for i in range(0, len(flat), 256)]  # type: ignore[operator]

@@ -114,7 +114,9 @@ class _Recorder:
         def hook(module: nn.Module, _inputs: object, out: object) -> None:
             if not isinstance(out, torch.Tensor):
                 raise _not_a_tensor(key, module, out)
-            self.store[key] = out
+            # a copy: later in-place ops (torchvision's ReLU(inplace=True) after a BatchNorm, ResNet's
+            # ``out += identity``) would otherwise change the recorded values
+            self.store[key] = out.clone()
             self.calls[key] = self.calls.get(key, 0) + 1
             stop = self.stop_after
             if stop is not None and all(self.calls.get(k, 0) >= n for k, n in stop.items()):
