@@ -223,3 +223,24 @@ def test_workers_and_inplace_clamps(mobilenet_v2, monkeypatch):
     clamped = {str(n.target) for n in plan.clamps}
     assert "features.5.conv.0.2" in clamped and "features.18.2" in clamped
     assert "features.5.conv.1.2" not in clamped  # its input is the layer's value
+
+
+def test_trace_is_kept_per_model_until_its_modules_change():
+    from convlens._incremental import traced
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    first = traced(model)
+    assert traced(model) is first  # kept
+    model.layer1[0].relu = nn.ReLU6()  # a replaced submodule: traced again, with it
+    second = traced(model)
+    assert second is not first and isinstance(second.get_submodule("layer1.0.relu"), nn.ReLU6)
+    model.train()  # a mode change: traced again
+    assert traced(model) is not second
+
+    class Untraceable(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    with pytest.raises(Exception, match="symbolically traced"):
+        traced(Untraceable())

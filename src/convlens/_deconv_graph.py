@@ -23,7 +23,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ._incremental import classify, output_node
+from ._incremental import classify, output_node, traced
 from .checkpoint import has_only_same_pad, same_padding
 
 _PASS = (nn.Identity, nn.Dropout, nn.Dropout2d)
@@ -32,7 +32,7 @@ _LRN = (nn.LocalResponseNorm, nn.CrossMapLRN2d)
 
 def _plan(model: nn.Module, layer: str, rule: str) -> tuple[fx.GraphModule, list[fx.Node], fx.Node] | None:
     try:
-        gm = fx.symbolic_trace(model)
+        gm = traced(model)
     except Exception:
         return None
     nodes, modules = list(gm.graph.nodes), dict(gm.named_modules())

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import operator
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -159,11 +160,32 @@ def output_node(nodes: list[fx.Node], layer: str) -> fx.Node | None:
     return found[-1] if found else None
 
 
+_TRACES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, fx.GraphModule | Exception]] = \
+    weakref.WeakKeyDictionary()
+
+
+def traced(model: nn.Module) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace(model)``, kept per model while its module tree, modes and class are
+    the same (a replaced submodule or a mode change traces again). Its modules are the model's own,
+    so weights and hooks are always current. Raises what tracing raised."""
+    key = (type(model).forward, tuple((id(m), m.training) for m in model.modules()))
+    hit = _TRACES.get(model)
+    if hit is None or hit[0] != key:
+        try:
+            value: fx.GraphModule | Exception = fx.symbolic_trace(model)
+        except Exception as exc:
+            value = exc
+        hit = _TRACES[model] = (key, value)
+    if isinstance(hit[1], Exception):
+        raise hit[1]
+    return hit[1]
+
+
 def is_local(model: nn.Module, layer: str) -> bool:
     """Whether ``layer``'s output depends on the input only through local operations (then a unit
     depends only on the input inside its receptive field). False when fx cannot trace the model."""
     try:
-        gm = fx.symbolic_trace(model)
+        gm = traced(model)
     except Exception:
         return False
     nodes, modules = list(gm.graph.nodes), dict(gm.named_modules())
@@ -183,7 +205,7 @@ class IncrementalPlan:
 
     def __init__(self, model: nn.Module, image: Tensor, layer: str, fill: float, window: int, *,
                  full_fraction: float = 0.5, threshold: float | None = None) -> None:
-        self.gm = fx.symbolic_trace(model)
+        self.gm = traced(model)
         self.modules = dict(self.gm.named_modules())
         self.nodes = list(self.gm.graph.nodes)
         self.window, self.full_fraction, self.threshold = window, full_fraction, threshold
@@ -203,18 +225,16 @@ class IncrementalPlan:
         for n, k in self.kind.items():
             if k is not None and k[0] == "conv":
                 self._fold(n)
-        self.padded: dict[tuple[fx.Node, float], tuple[Tensor, int]] = {}
+        # clean maps as (h, w, C), plain and padded by a margin (value -inf for max pooling), made
+        # when first needed: the approximate mode and small grids never touch most of them
+        self.margins: dict[tuple[fx.Node, float], int] = {}
         for node, kind in self.kind.items():
-            if kind is None or kind[0] not in ("conv", "max", "avg"):
-                continue
-            src = node.all_input_nodes[0]
-            key = (src, -math.inf if kind[0] == "max" else 0.0)
-            margin = kind[1] + kind[2]
-            if key not in self.padded or self.padded[key][1] < margin:
-                pad = F.pad(clean[src][0], (margin,) * 4, value=key[1])
-                self.padded[key] = (pad.permute(1, 2, 0).contiguous(), margin)
-        self.hwc = {n: clean[n][0].permute(1, 2, 0).contiguous()
-                    for n, k in self.kind.items() if k is not None}
+            if kind is not None and kind[0] in ("conv", "max", "avg"):
+                key = (node.all_input_nodes[0], -math.inf if kind[0] == "max" else 0.0)
+                self.margins[key] = max(self.margins.get(key, 0), kind[1] + kind[2])
+        self.padded = _Lazy(lambda key: (F.pad(clean[key[0]][0], (self.margins[key],) * 4, value=key[1])
+                                          .permute(1, 2, 0).contiguous(), self.margins[key]))
+        self.hwc = _Lazy(lambda n: clean[n][0].permute(1, 2, 0).contiguous())
         self.clamps = self._inplace_clamps()
 
     def _inplace_clamps(self) -> dict[fx.Node, tuple[float, float]]:
@@ -346,7 +366,7 @@ class IncrementalPlan:
         """``value`` as full (B, C, h, w) maps (a patch pasted into the clean activations)."""
         if not isinstance(value, _Patch):
             return value
-        h, w = self.hwc[node].shape[:2]
+        h, w = self.clean[node].shape[-2:]
         zero = torch.zeros(batch, dtype=torch.long, device=value.data.device)
         return gather_patch(self.hwc[node], value.data, value.box, [zero, zero], (h, w))
 
@@ -360,7 +380,7 @@ class IncrementalPlan:
         _, k, s, p, _ = kind
         src_node = node.all_input_nodes[0]
         src = env[src_node]
-        n_out = self.hwc[node].shape[:2]
+        n_out = self.clean[node].shape[-2:]
         if isinstance(src, _Patch):
             box = tuple(plan_axis(src.box[a][0], src.box[a][1], n_out[a], k, s, p, self._cap(n_out[a]))
                         for a in range(2))
@@ -392,7 +412,7 @@ class IncrementalPlan:
         a, b = env[a_node], env[b_node]  # type: ignore[index]
         op: Any = node.target
         if isinstance(a, _Patch) and isinstance(b, _Patch):
-            n = self.hwc[node].shape[:2]
+            n = self.clean[node].shape[-2:]
             box = tuple(_box(torch.minimum(a.box[i][0], b.box[i][0]), torch.maximum(a.box[i][1], b.box[i][1]),
                              n[i], self._cap(n[i])) for i in range(2))
             if not self._too_big(box, n):  # type: ignore[arg-type]
@@ -402,6 +422,19 @@ class IncrementalPlan:
                 xb = gather_patch(self.hwc[b_node], b.data, b.box, start, ln)  # type: ignore[index]
                 return _Patch(op(xa, xb), box)  # type: ignore[arg-type]
         return op(self.full(a_node, a, batch), self.full(b_node, b, batch))  # type: ignore[arg-type]
+
+
+class _Lazy(dict):  # type: ignore[type-arg]
+    """A dict whose missing values are made by ``make(key)`` on first access (thread-safe enough:
+    two threads may both make a value, the same one)."""
+
+    def __init__(self, make: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key: Any) -> Any:
+        value = self[key] = self.make(key)
+        return value
 
 
 class _FullView(dict):
