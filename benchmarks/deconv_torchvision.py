@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import time
 import warnings
 
 import torch
 import torch.nn.functional as F
+from _timing import timed
 from occlusion_torchvision import load
 from torch import nn
 
@@ -42,14 +42,6 @@ def _captum_model(model: nn.Module) -> nn.Module:
                 setattr(m, child_name, _ReLU6Gate())
         del name
     return work
-
-
-def timed(fn, wall: dict, cpu: dict, key: str):  # type: ignore[no-untyped-def]
-    t, c = time.perf_counter(), time.process_time()
-    out = fn()
-    wall.setdefault(key, []).append(time.perf_counter() - t)
-    cpu.setdefault(key, []).append(time.process_time() - c)
-    return out
 
 
 def run(args: argparse.Namespace) -> None:
@@ -93,9 +85,9 @@ def run(args: argparse.Namespace) -> None:
     batches = [int(v) for v in args.captum_batch.split(",")]
     errs = {}
     for r in range(args.repeat):  # interleaved: the machine is shared
-        timed(ours, wall, cpu, "ours")
+        timed(ours, "ours", wall, cpu)
         for b in batches:
-            cap = timed(lambda b=b: captum(b), wall, cpu, f"captum x{b}")
+            cap = timed(lambda b=b: captum(b), f"captum x{b}", wall, cpu)
             if r == 0:
                 ref = proj.images[0]
                 errs[b] = float((ref - cap * proj.values[0].view(n, 1, 1, 1)).abs().max() / ref.abs().max())

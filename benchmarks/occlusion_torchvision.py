@@ -5,11 +5,11 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torchvision
+from _timing import timed
 from torch import nn
 
 from convlens.occlusion import Approximation, occluded_images, occlusion_map
@@ -50,14 +50,6 @@ def load(n_images: int) -> tuple[nn.Module, list[torch.Tensor], str]:
         images = [torch.randn(3, 224, 224, generator=gen) for _ in range(n_images)]
         what += f", {n_images} random images"
     return model, images, what
-
-
-def timed(fn, key: str, wall: dict, cpu: dict):  # type: ignore[no-untyped-def]
-    t, c = time.perf_counter(), time.process_time()
-    out = fn()
-    wall.setdefault(key, []).append(time.perf_counter() - t)
-    cpu.setdefault(key, []).append(time.process_time() - c)
-    return out
 
 
 def run(args: argparse.Namespace) -> None:
