@@ -37,8 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "see 'convlens summary')")
     p.add_argument("--channel", type=int, default=None, help="map of --layer (default: strongest in the image)")
     p.add_argument("--approximate", action="store_true",
-                   help="approximate mode (Krypton's projective-field cap and adaptive drill-down: a coarse "
-                   "stride first, the fine stride only where the map changes most); off by default")
+                   help="approximate mode (Krypton's adaptive drill-down: every 3rd position per axis first, "
+                   "then the closest 10%% of the others to the largest changes, the rest interpolated; about a "
+                   "quarter of the work); off by default")
     p.add_argument("--quality", action="store_true",
                    help="with --approximate: also compute the exact map and report SSIM and the largest "
                    "probability difference against it (costs an exact run)")
