@@ -94,6 +94,26 @@ def test_cropped_equals_full_image(name, size, layer, rule):
     torch.testing.assert_close(proj.images, ref, rtol=1e-9, atol=1e-12 * float(ref.abs().max()))
 
 
+@pytest.mark.parametrize("rule", ["guided", "gradient"])
+def test_crops_with_tf_same_padding(rule):
+    """convlens's TF "SAME" padding hooks: crops when the image side is a multiple of the layer's
+    stride (then exact), full images otherwise; both equal the full-image autograd projection."""
+    from convlens.checkpoint import use_tf_same_padding
+
+    model = use_tf_same_padding(copy.deepcopy(_model("mobilenet_v2")))
+    layer = "features.4.conv.3"  # stride 8
+    for size, cropped in ((64, True), (60, False)):
+        images = torch.randn(2, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(size))
+        assert (_deconv_generic.crop_plan(model, layer, (size, size)) is not None) == cropped
+        units = live_units(model, images, layer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            proj = project_units(model, images, layer, units, rule=rule)
+        ref = reference(model, images, layer, units, rule)
+        assert (ref.flatten(2).abs().amax(-1) > 0).all()
+        torch.testing.assert_close(proj.images, ref, rtol=1e-9, atol=1e-12 * float(ref.abs().max()))
+
+
 def test_full_image_path_and_batch_invariance(monkeypatch):
     """No crop (global op or a crop too big): one forward per image, backward passes batched."""
     model = _model("mobilenet_v2")

@@ -244,3 +244,22 @@ def test_trace_is_kept_per_model_until_its_modules_change():
 
     with pytest.raises(Exception, match="symbolically traced"):
         traced(Untraceable())
+
+
+def test_relu_subclasses_keep_their_own_forward():
+    """Only exact ReLU/ReLU6/Hardtanh modules become in-place clamps: a subclass keeps its forward."""
+
+    class Leaky(nn.ReLU):  # fx traces into it: a leaky_relu call, not a ReLU module
+        def forward(self, x):
+            return torch.nn.functional.leaky_relu(x, 0.1)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Leaky(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).double().eval()
+    image = torch.randn(3, 24, 24, dtype=torch.float64)
+    plan = IncrementalPlan(model, image[None], "3", 0.0, 6)
+    assert {str(n.target) for n in plan.clamps} == {"3"}
+    occ = occlusion_map(model, image, window=6, stride=5, layer="3", fill=0.5)
+    probs, act = naive(model, image, 6, 5, 0.5, "3", occ.channel)
+    torch.testing.assert_close(occ.probs, probs, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(occ.feature_activity, act, rtol=1e-9, atol=1e-9)

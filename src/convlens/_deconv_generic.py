@@ -12,8 +12,10 @@ what each unit's forward and backward run on:
   receptive field; it ends at the image border or after the receptive field. Zero padding at an
   image border is then the layer's own padding, as in the full image, and what a crop's own edges
   change never reaches the unit: the result equals the full-image projection. Global operations
-  (squeeze-excitation pooling, GroupNorm ...) or hooked modules (e.g. TF "SAME" padding, which
-  depends on the input size) mean full images.
+  (squeeze-excitation pooling, GroupNorm ...) or hooked modules mean full images. convlens's TF
+  "SAME" padding hook (3x3 stride-2 convs) is accepted when the image sides are multiples of the
+  layer's stride: every size on the way up is then even, in the full image and in the crop, and
+  the hook pads 0 above/left like the module's own ``padding=0``.
 * **Full images, one forward per image.** Otherwise (or when the crop would cover most of the
   image) each image goes forward once. Where the layer's ancestors are convolutions, BatchNorm,
   ReLU/ReLU6 and additions, its units go down together as one batch, explicitly
@@ -69,7 +71,11 @@ def forward_to(
 def crop_plan(model: nn.Module, layer: str, size: tuple[int, int]) -> tuple[int, int, int, int, int] | None:
     """(crop height, crop width, rf size, stride, offset) when crops are exact and save work, else None."""
     rf = receptive_fields(model, size).get(layer)
-    if rf is None or rf.stride <= 0 or not is_local(model, layer):
+    if rf is None or rf.stride <= 0:
+        return None
+    # TF "SAME" padding depends on the input size: exact for crops when every size is even on the way up
+    # (image sides divisible by the layer's stride; crops keep that, see below)
+    if not is_local(model, layer, same_pad=size[0] % rf.stride == 0 and size[1] % rf.stride == 0):
         return None
     lengths = []
     for n in size:

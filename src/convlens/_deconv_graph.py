@@ -63,6 +63,8 @@ def _plan(model: nn.Module, layer: str, rule: str) -> tuple[fx.GraphModule, list
         if kind[0] == "binary" and n.target in (operator.add, torch.add):
             continue
         m = modules.get(n.target) if n.op == "call_module" else None  # type: ignore[arg-type]
+        if isinstance(m, nn.BatchNorm2d) and m.running_var is None:  # batch statistics: not a fixed scale
+            return None
         if kind[0] == "point" and isinstance(m, (nn.ReLU, nn.ReLU6, nn.BatchNorm2d, *_PASS)):
             continue
         if kind[0] == "point" and isinstance(m, _LRN) and rule == "deconvnet":

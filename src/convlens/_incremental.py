@@ -181,17 +181,28 @@ def traced(model: nn.Module) -> fx.GraphModule:
     return hit[1]
 
 
-def is_local(model: nn.Module, layer: str) -> bool:
+def is_local(model: nn.Module, layer: str, *, same_pad: bool = False) -> bool:
     """Whether ``layer``'s output depends on the input only through local operations (then a unit
-    depends only on the input inside its receptive field). False when fx cannot trace the model."""
+    depends only on the input inside its receptive field). False when fx cannot trace the model.
+
+    ``same_pad``: also accept 3x3 stride-2 convs whose only hook is convlens's TF "SAME" padding
+    (the caller guarantees even input sizes there: then it pads 0 above/left and 1 below/right,
+    like the module's own ``padding=0`` plus one row and column that only the last outputs read)."""
     try:
         gm = traced(model)
     except Exception:
         return False
     nodes, modules = list(gm.graph.nodes), dict(gm.named_modules())
     kinds: dict[fx.Node, Any] = {}
+
+    def hooked(_node: fx.Node, m: nn.Module, win: Any) -> Any:
+        from .checkpoint import has_only_same_pad
+
+        ok = same_pad and has_only_same_pad(m) and m.kernel_size == (3, 3) and m.stride == (2, 2)  # type: ignore[union-attr]
+        return win if ok else None
+
     for node in nodes:
-        kinds[node] = classify(node, kinds, modules)
+        kinds[node] = classify(node, kinds, modules, hooked)
     node = output_node(nodes, layer)
     return node is not None and kinds[node] is not None
 
@@ -244,8 +255,9 @@ class IncrementalPlan:
         costs a fraction of it, with the same values."""
         out: dict[fx.Node, tuple[float, float]] = {}
         for node, kind in self.kind.items():
-            m = self.modules.get(node.target) if node.op == "call_module" else None  # type: ignore[arg-type]
-            if kind != ("point",) or not isinstance(m, (nn.ReLU, nn.ReLU6, nn.Hardtanh)) or m._forward_hooks \
+            m: Any = self.modules.get(node.target) if node.op == "call_module" else None  # type: ignore[arg-type]
+            # exact types: a subclass may compute something else in its forward
+            if kind != ("point",) or type(m) not in (nn.ReLU, nn.ReLU6, nn.Hardtanh) or m._forward_hooks \
                     or m._forward_pre_hooks:
                 continue
             src = node.all_input_nodes[0]
@@ -253,7 +265,7 @@ class IncrementalPlan:
                 src = src.all_input_nodes[0]
             fresh = self.kind.get(src) is not None and self.kind[src][0] in ("conv", "max", "avg", "binary")
             if fresh and len(src.users) == 1 and src is not self.layer_node:
-                out[node] = (0.0, math.inf) if isinstance(m, nn.ReLU) else (float(m.min_val), float(m.max_val))
+                out[node] = (0.0, math.inf) if type(m) is nn.ReLU else (float(m.min_val), float(m.max_val))
         return out
 
     def _point(self, node: fx.Node, data: Tensor) -> Tensor:
