@@ -383,3 +383,48 @@ def test_class_means_and_labels_survive_resume_and_merge(tiny, tmp_path):
     merged = a.result(6)["conv2"]
     torch.testing.assert_close(merged.class_means, got, rtol=1e-6, atol=1e-6, equal_nan=True)
     assert torch.equal(merged.dataset_indices, full["conv2"].dataset_indices)
+
+
+def test_images_skipped_before_a_resume_are_still_named(tmp_path):
+    """A run killed after a batch with an unreadable image, then resumed: the second run's report
+    (its SkipLog: the warning and result.json) names the image, with the reason; counted once."""
+    from PIL import Image
+
+    from convlens.data import Preprocessing, collate_skip, open_dataset
+    from convlens.sources import SkipLog
+
+    root = tmp_path / "folder"
+    for c in ("a", "b", "c"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                root / c / f"{i}.png")
+    (root / "b" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    pre = Preprocessing(36, 32, torch.full((3, 1, 1), 128.0), torch.ones(3, 1, 1))
+    ds = open_dataset(str(root), "train", pre)
+    broken = [i for i in range(len(ds)) if ds.describe(i).endswith("broken.jpg")]
+    assert broken == [6]  # in the second batch of 4; the crash comes in the third
+
+    class Crashing(torch.utils.data.Dataset):
+        def __init__(self, crash: bool) -> None:
+            self.crash = crash
+
+        def __len__(self) -> int:
+            return len(ds)
+
+        def __getitem__(self, i):
+            if self.crash and i == 8:
+                raise RuntimeError("simulated crash")
+            return ds[i]
+
+    model = build_model("zfnet-tiny", seed=0)
+    state = tmp_path / "mine.state"
+    with SkipLog() as first, pytest.raises(RuntimeError, match="simulated crash"):
+        mine_top_activations(model, DataLoader(Crashing(True), batch_size=4, collate_fn=collate_skip), ["conv1"],
+                             k=3, state_path=state, save_every=1)
+    reason = first.items[ds.describe(6)]
+    with SkipLog() as second:
+        tops = mine_top_activations(model, DataLoader(Crashing(False), batch_size=4, collate_fn=collate_skip),
+                                    ["conv1"], k=3, state_path=state, save_every=1)
+    assert second.items == {ds.describe(6): reason}
+    assert tops["conv1"].num_skipped == 1 and tops["conv1"].num_images == 9

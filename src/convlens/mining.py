@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, Sampler
 from tqdm import tqdm
 
+from .sources import note_skipped, skip_reason
 from .topk import TopActivations, TopKAccumulator
 
 log = logging.getLogger(__name__)
@@ -247,14 +248,19 @@ def _resume(path: Path, key: dict[str, Any], acc: TopKAccumulator) -> int:
         log.warning("ignoring %s: it was saved by another mining run (model, data, settings or version differ)", path)
         return 0
     log.info("resuming from %s: %d batches done", path, state["batches"])
+    for name, reason in acc.skipped.items():  # named again in this run's report (result.json, the warning)
+        note_skipped(name, reason)
     return int(state["batches"])
 
 
 def _mine_batch(model: nn.Module, acc: TopKAccumulator, batch: Any, param: torch.Tensor,
                 layers: Sequence[str], clips: dict[str, nn.Hardtanh] | None = None) -> int:
     """Mine one batch; returns the number of images it held (read or skipped)."""
-    skipped = len(getattr(batch, "skipped", ()))
+    names = list(getattr(batch, "skipped", ()))
+    skipped = len(names)
     acc.num_skipped += skipped
+    for name in names:
+        acc.skipped.setdefault(str(name), skip_reason(str(name)))
     if not isinstance(batch, (tuple, list)) or len(batch) < 3:
         raise ValueError("loader must yield (images, labels, indices) batches; use data.collate_skip")
     images, labels, indices = batch[0], batch[1], batch[2]

@@ -125,6 +125,17 @@ _ACTIVE: list[SkipLog] = []
 _ACTIVE_LOCK = threading.Lock()
 
 
+def skip_reason(description: str) -> str:
+    """Why ``description`` was skipped, as recorded by an active :class:`SkipLog` ("unreadable" if none)."""
+    with _ACTIVE_LOCK:
+        active = [s for s in _ACTIVE if s._pid == os.getpid()]
+    for skips in active:
+        reason = skips.items.get(description)
+        if reason is not None:
+            return reason
+    return "unreadable"
+
+
 def note_skipped(description: str, exc: BaseException | str) -> None:
     """Record a skipped image in the active :class:`SkipLog` (in this process, or through the spool
     file from a worker process) and at debug level in the log."""

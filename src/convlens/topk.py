@@ -189,6 +189,7 @@ class TopKAccumulator:
         self.layers, self.k, self.per_image, self.tie_seed = list(layers), k, per_image, int(tie_seed)
         self.num_images = 0
         self.num_skipped = 0
+        self.skipped: dict[str, str] = {}  # unreadable images: description -> reason (kept for resumed runs)
         self.ceilings: dict[str, float] = {}
         self.class_counts = torch.zeros(0, dtype=torch.long)
         self._class_sums: dict[str, torch.Tensor] = {}
@@ -273,6 +274,7 @@ class TopKAccumulator:
         self.ceilings.update(other.ceilings)
         self.num_images += other.num_images
         self.num_skipped += other.num_skipped
+        self.skipped.update(other.skipped)
 
     def result(self, num_classes: int | None = None) -> dict[str, TopActivations]:
         """Per layer, the top-k so far (K = min(k, entries seen); empty slots are dropped); class
@@ -305,7 +307,8 @@ class TopKAccumulator:
                 for name, top in self._tops.items()}
         return {"version": STATE_VERSION, "layers": list(self.layers), "k": self.k, "per_image": self.per_image,
                 "tie_seed": self.tie_seed, "num_images": self.num_images, "num_skipped": self.num_skipped,
-                "tops": tops, "ceilings": dict(self.ceilings), "class_counts": self.class_counts.clone(),
+                "skipped": dict(self.skipped), "tops": tops, "ceilings": dict(self.ceilings),
+                "class_counts": self.class_counts.clone(),
                 "class_sums": {name: s.cpu() for name, s in self._class_sums.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -315,6 +318,7 @@ class TopKAccumulator:
             raise ValueError(f"state is for (version, layers, k, per_image, tie_seed) = {theirs}, not {mine}; "
                              "delete the state file to restart")
         self.num_images, self.num_skipped = int(state["num_images"]), int(state["num_skipped"])
+        self.skipped = {str(k): str(v) for k, v in state.get("skipped", {}).items()}
         self._tops = {name: _Top.of([t[f] for f in _Top.FIELDS], (int(t["hw"][0]), int(t["hw"][1])))
                       for name, t in state["tops"].items()}
         self.ceilings = {k: float(v) for k, v in state["ceilings"].items()}
