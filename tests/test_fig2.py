@@ -26,6 +26,7 @@ def test_default_rule_projections_follow_the_image(arch, layer, expected):
     model = getattr(torchvision.models, arch)(num_classes=10).eval()
     rule, reason = resolve_rule(model, layer, "auto")
     assert rule == expected and layer in reason
+    assert "(" not in reason  # printed as "rule: guided (reason)": no nested parentheses
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad(), record_activations(model, [layer]) as acts:
         model(x)

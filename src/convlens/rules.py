@@ -77,15 +77,15 @@ def resolve_rule(model: nn.Module, layer: str, rule: str = "auto") -> tuple[str,
     for n, m in reversed(named[:last + 1]):
         if isinstance(m, _POOLS):
             if weighted <= MAX_CONVS_ABOVE_POOL:
-                return "deconvnet", (f"max pooling {n} is {weighted} conv/linear layer(s) below {layer}: the deconvnet "
-                                     "projection follows the image through its switches (the paper's rule)")
-            return "guided", (f"the nearest max pooling below {layer} ({n}) is {weighted} conv/linear layers down: the "
-                              "deconvnet projection would be nearly the same pattern for every image, so guided "
-                              "backprop (which also gates with the forward ReLUs)")
+                return "deconvnet", (f"max pooling {n} is {weighted} conv/linear layers below {layer}: the deconvnet "
+                                     "projection follows the image through its switches, the paper's rule")
+            return "guided", (f"the nearest max pooling below {layer}, {n}, is {weighted} conv/linear layers down: "
+                              "the deconvnet projection would be nearly the same pattern for every image, so guided "
+                              "backprop, which also gates with the forward ReLUs")
         if isinstance(m, _WEIGHTED):
             weighted += 1
     if weighted <= 1:
         return "deconvnet", (f"no pooling and one conv layer below {layer}: every rule projects its units to "
                              "their filter scaled by the activation; the paper's deconvnet")
-    return "guided", (f"no max pooling below {layer}: the deconvnet projection would not depend on the image "
-                      "(only on the unit's position), so guided backprop (which gates with the forward ReLUs)")
+    return "guided", (f"no max pooling below {layer}: the deconvnet projection would depend only on the unit's "
+                      "position, not on the image, so guided backprop, which gates with the forward ReLUs")
