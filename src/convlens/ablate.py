@@ -24,10 +24,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .model import VARIANTS, build_model
 
-__all__ = ["AblationResult", "AblationRow", "ablate", "variant_arch", "variant_dir"]
+__all__ = ["AblationResult", "AblationRow", "ablate", "random_subsets", "variant_arch", "variant_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -181,3 +182,24 @@ def _ensemble(cfg: object, runs: list[Path], datasets: object | None) -> dict[st
     loader = make_loader(data.val, cfg.batch_size, train=False)  # type: ignore[attr-defined]
     res = evaluate(models, loader)
     return {"top1_err": res["top1_err"], "top5_err": res["top5_err"], "models": float(len(models))}
+
+
+def random_subsets(cfg: Any, out: Path, limit_train: int | None, limit_val: int | None, seed: int) -> Any:
+    """The run data with seeded random subsets (``TrainConfig.limit_*`` takes the *first* N images,
+    which in a class-sorted ImageFolder are a few classes only)."""
+    import dataclasses
+
+    import torch
+    from torch.utils.data import Subset
+
+    from .train import open_run_data
+
+    data = open_run_data(cfg, out, progress=True)
+
+    def pick(ds: Any, n: int | None, offset: int) -> Any:
+        if ds is None or n is None or n >= len(ds):
+            return ds
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed + offset))[:n].sort().values
+        return Subset(ds, idx.tolist())
+
+    return dataclasses.replace(data, train=pick(data.train, limit_train, 0), val=pick(data.val, limit_val, 1))

@@ -7,8 +7,6 @@ Writes into ``--out``: one run directory per variant (``base/``, ``no34/`` ...; 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import Any
 
 from ._common import add_device_arg, add_out_arg, positive_int
 
@@ -46,52 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _plot(res: Any, out: Path) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..artifacts import save_figure
-
-    names = [r.variant for r in res.rows]
-    x = range(len(names))
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 1.5), 3.4), dpi=110)
-    ax.bar([i - 0.2 for i in x], [100 * r.val_top1_err for r in res.rows], 0.4, label="val top-1")
-    ax.bar([i + 0.2 for i in x], [100 * r.val_top5_err for r in res.rows], 0.4, label="val top-5")
-    ax.plot(list(x), [100 * r.train_top1_err for r in res.rows], "k_", markersize=18, label="train top-1")
-    ax.set_xticks(list(x), names, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="error %", title=f"Ablations of {res.params['base']} ({res.params['epochs']} epochs)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, out / "errors.png")
-    plt.close(fig)
-    return {"path": "errors.png", "group": "ablate", "caption": "Train top-1 and val top-1/top-5 error per variant"}
-
-
-def _random_subsets(cfg: Any, out: Path, limit_train: int | None, limit_val: int | None, seed: int) -> Any:
-    """The run data with seeded random subsets (``TrainConfig.limit_*`` takes the *first* N images,
-    which in a class-sorted ImageFolder are a few classes only)."""
-    import dataclasses
-
-    import torch
-    from torch.utils.data import Subset
-
-    from ..train import open_run_data
-
-    data = open_run_data(cfg, out, progress=True)
-
-    def pick(ds: Any, n: int | None, offset: int) -> Any:
-        if ds is None or n is None or n >= len(ds):
-            return ds
-        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed + offset))[:n].sort().values
-        return Subset(ds, idx.tolist())
-
-    return dataclasses.replace(data, train=pick(data.train, limit_train, 0), val=pick(data.val, limit_val, 1))
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..ablate import ablate, variant_arch
+    from ..ablate import ablate, random_subsets, variant_arch
+    from ..ablate_figures import plot_errors
     from ..artifacts import markdown_table, write_result, write_text
     from ..train import TrainConfig
 
@@ -107,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                       clip_radius=None if args.no_clip else 0.1, seed=args.seed, device=args.device,
                       workers=args.workers)
     args.out.mkdir(parents=True, exist_ok=True)
-    data = _random_subsets(cfg, args.out, args.limit_train, args.limit_val, args.seed)
+    data = random_subsets(cfg, args.out, args.limit_train, args.limit_val, args.seed)
     res = ablate(cfg, variants, out=args.out, datasets=data, ensemble=args.ensemble, progress=True)
     cols, rows = res.table()
     table = {"title": f"Ablations of {args.arch} (Table 3 layout), error %", "columns": cols, "rows": rows}
@@ -119,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                  params={**res.params, "dataset": args.dataset, "lr": args.lr, "init": args.init,
                          "clip": not args.no_clip, "limit_train": args.limit_train, "limit_val": args.limit_val,
                          "seed": args.seed},
-                 figures=[_plot(res, args.out)], tables=[table], data=res.to_dict())
+                 figures=[plot_errors(res, args.out)], tables=[table], data=res.to_dict())
     print(markdown_table(cols, rows))
     print(f"wrote {args.out / 'result.json'}")
     return 0
