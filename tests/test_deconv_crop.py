@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
+from typing import Any
 
 import pytest
 import torch
@@ -74,6 +75,18 @@ def live_units(model: nn.Module, images: torch.Tensor, layer: str) -> torch.Tens
     return torch.tensor(out)
 
 
+def assert_equals_reference(model: nn.Module, images: torch.Tensor, layer: str, units: torch.Tensor,
+                            rule: str) -> Any:
+    """``project_units`` equals :func:`reference` (float64), every compared projection live; returns it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proj = project_units(model, images, layer, units, rule=rule)
+    ref = reference(model, images, layer, units, rule)
+    assert (ref.flatten(2).abs().amax(-1) > 0).all()  # every compared projection is live
+    torch.testing.assert_close(proj.images, ref, rtol=1e-9, atol=1e-12 * float(ref.abs().max()))
+    return proj
+
+
 CASES = [("resnet18", 96, "layer1.1.relu"),  # called twice per block: its last call is the block output
          ("vgg11", 64, "features.9"), ("mobilenet_v2", 64, "features.4.conv.3")]
 
@@ -84,14 +97,8 @@ def test_cropped_equals_full_image(name, size, layer, rule):
     model = _model(name)
     images = torch.randn(2, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     assert _deconv_generic.crop_plan(model, layer, (size, size)) is not None  # the crop path is taken
-    units = live_units(model, images, layer)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        proj = project_units(model, images, layer, units, rule=rule)
-    ref = reference(model, images, layer, units, rule)
+    proj = assert_equals_reference(model, images, layer, live_units(model, images, layer), rule)
     assert (proj.values > 0).all()
-    assert (ref.flatten(2).abs().amax(-1) > 0).all()  # every compared projection is live
-    torch.testing.assert_close(proj.images, ref, rtol=1e-9, atol=1e-12 * float(ref.abs().max()))
 
 
 @pytest.mark.parametrize("rule", ["guided", "gradient"])
@@ -105,13 +112,7 @@ def test_crops_with_tf_same_padding(rule):
     for size, cropped in ((64, True), (60, False)):
         images = torch.randn(2, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(size))
         assert (_deconv_generic.crop_plan(model, layer, (size, size)) is not None) == cropped
-        units = live_units(model, images, layer)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            proj = project_units(model, images, layer, units, rule=rule)
-        ref = reference(model, images, layer, units, rule)
-        assert (ref.flatten(2).abs().amax(-1) > 0).all()
-        torch.testing.assert_close(proj.images, ref, rtol=1e-9, atol=1e-12 * float(ref.abs().max()))
+        assert_equals_reference(model, images, layer, live_units(model, images, layer), rule)
 
 
 def test_full_image_path_and_batch_invariance(monkeypatch):
@@ -179,9 +180,4 @@ def test_explicit_way_down_equals_autograd(monkeypatch, name, layer, tf_same, ru
         monkeypatch.setattr(_deconv_graph, "SPLIT_BATCH", 1)
     seed = torch.ones(units.shape[0] * units.shape[1], dtype=torch.float64)
     assert _deconv_graph.project(model, images, layer, units, seed, rule) is not None  # the explicit path
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        proj = project_units(model, images, layer, units, rule=rule)
-    ref = reference(model, images, layer, units, rule)
-    assert (ref.flatten(2).abs().amax(-1) > 0).all()
-    torch.testing.assert_close(proj.images, ref, rtol=1e-9, atol=1e-12 * float(ref.abs().max()))
+    assert_equals_reference(model, images, layer, units, rule)

@@ -195,20 +195,27 @@ def test_two_gloo_processes_equal_one(tiny, tmp_path):
             assert got[layer]["num_images"] == 21
 
 
-def test_corrupt_image_is_skipped_and_counted(tmp_path):
+def _folder_with_a_broken_jpeg(tmp_path, classes):
+    """An ImageFolder dataset: 3 small PNGs per class and ``b/broken.jpg``, which cannot be decoded."""
     from PIL import Image
 
-    from convlens.data import Preprocessing, collate_skip, open_dataset
+    from convlens.data import Preprocessing, open_dataset
 
     root = tmp_path / "folder"
-    for c in ("a", "b"):
+    for c in classes:
         (root / c).mkdir(parents=True)
         for i in range(3):
             Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
                 root / c / f"{i}.png")
     (root / "b" / "broken.jpg").write_bytes(b"not a jpeg at all")
     pre = Preprocessing(36, 32, torch.full((3, 1, 1), 128.0), torch.ones(3, 1, 1))
-    ds = open_dataset(str(root), "train", pre)
+    return open_dataset(str(root), "train", pre)
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path):
+    from convlens.data import collate_skip
+
+    ds = _folder_with_a_broken_jpeg(tmp_path, ("a", "b"))
     assert len(ds) == 7
     model = build_model("zfnet-tiny", seed=0)
     tops = mine_top_activations(model, DataLoader(ds, batch_size=4, collate_fn=collate_skip), ["conv1"], k=9)
@@ -388,20 +395,10 @@ def test_class_means_and_labels_survive_resume_and_merge(tiny, tmp_path):
 def test_images_skipped_before_a_resume_are_still_named(tmp_path):
     """A run killed after a batch with an unreadable image, then resumed: the second run's report
     (its SkipLog: the warning and result.json) names the image, with the reason; counted once."""
-    from PIL import Image
-
-    from convlens.data import Preprocessing, collate_skip, open_dataset
+    from convlens.data import collate_skip
     from convlens.sources import SkipLog
 
-    root = tmp_path / "folder"
-    for c in ("a", "b", "c"):
-        (root / c).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
-                root / c / f"{i}.png")
-    (root / "b" / "broken.jpg").write_bytes(b"not a jpeg at all")
-    pre = Preprocessing(36, 32, torch.full((3, 1, 1), 128.0), torch.ones(3, 1, 1))
-    ds = open_dataset(str(root), "train", pre)
+    ds = _folder_with_a_broken_jpeg(tmp_path, ("a", "b", "c"))
     broken = [i for i in range(len(ds)) if ds.describe(i).endswith("broken.jpg")]
     assert broken == [6]  # in the second batch of 4; the crash comes in the third
 

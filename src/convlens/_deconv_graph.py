@@ -23,7 +23,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ._incremental import classify, output_node, traced
+from ._incremental import classified, output_node
 from .checkpoint import has_only_same_pad, same_padding
 
 _PASS = (nn.Identity, nn.Dropout, nn.Dropout2d)
@@ -31,12 +31,6 @@ _LRN = (nn.LocalResponseNorm, nn.CrossMapLRN2d)
 
 
 def _plan(model: nn.Module, layer: str, rule: str) -> tuple[fx.GraphModule, list[fx.Node], fx.Node] | None:
-    try:
-        gm = traced(model)
-    except Exception:
-        return None
-    nodes, modules = list(gm.graph.nodes), dict(gm.named_modules())
-    kinds: dict[fx.Node, Any] = {}
     def rule_hooked(_node: fx.Node, m: nn.Module, win: Any) -> Any:
         # the rule hooks of convlens.deconv sit on the activations: their backward is applied below;
         # TF "SAME" padding (convlens's own pre-hook) is undone by cropping on the way down
@@ -44,8 +38,10 @@ def _plan(model: nn.Module, layer: str, rule: str) -> tuple[fx.GraphModule, list
             return ("point",)
         return win if has_only_same_pad(m) else None
 
-    for node in nodes:
-        kinds[node] = classify(node, kinds, modules, rule_hooked)
+    graph = classified(model, rule_hooked)
+    if graph is None:
+        return None
+    gm, nodes, modules, kinds = graph
     top = output_node(nodes, layer)
     if top is None or kinds[top] is None:
         return None

@@ -181,6 +181,21 @@ def traced(model: nn.Module) -> fx.GraphModule:
     return hit[1]
 
 
+def classified(model: nn.Module, hooked: Callable[[fx.Node, nn.Module, Any], Any] | None = None
+               ) -> tuple[fx.GraphModule, list[fx.Node], dict[str, nn.Module], dict[fx.Node, Any]] | None:
+    """(traced graph, its nodes, its modules, each node's :func:`classify` kind), or None when fx
+    cannot trace the model."""
+    try:
+        gm = traced(model)
+    except Exception:
+        return None
+    nodes, modules = list(gm.graph.nodes), dict(gm.named_modules())
+    kinds: dict[fx.Node, Any] = {}
+    for node in nodes:
+        kinds[node] = classify(node, kinds, modules, hooked)
+    return gm, nodes, modules, kinds
+
+
 def is_local(model: nn.Module, layer: str, *, same_pad: bool = False) -> bool:
     """Whether ``layer``'s output depends on the input only through local operations (then a unit
     depends only on the input inside its receptive field). False when fx cannot trace the model.
@@ -188,21 +203,16 @@ def is_local(model: nn.Module, layer: str, *, same_pad: bool = False) -> bool:
     ``same_pad``: also accept 3x3 stride-2 convs whose only hook is convlens's TF "SAME" padding
     (the caller guarantees even input sizes there: then it pads 0 above/left and 1 below/right,
     like the module's own ``padding=0`` plus one row and column that only the last outputs read)."""
-    try:
-        gm = traced(model)
-    except Exception:
-        return False
-    nodes, modules = list(gm.graph.nodes), dict(gm.named_modules())
-    kinds: dict[fx.Node, Any] = {}
-
     def hooked(_node: fx.Node, m: nn.Module, win: Any) -> Any:
         from .checkpoint import has_only_same_pad
 
         ok = same_pad and has_only_same_pad(m) and m.kernel_size == (3, 3) and m.stride == (2, 2)  # type: ignore[union-attr]
         return win if ok else None
 
-    for node in nodes:
-        kinds[node] = classify(node, kinds, modules, hooked)
+    graph = classified(model, hooked)
+    if graph is None:
+        return False
+    _, nodes, _, kinds = graph
     node = output_node(nodes, layer)
     return node is not None and kinds[node] is not None
 

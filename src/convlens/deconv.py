@@ -315,9 +315,9 @@ def _check_generic(model: nn.Module, rule: str) -> None:
         warnings.warn(f"{', '.join(others)} keep their true gradient under rule {rule!r}; only ReLU/ReLU6 modules "
                       "are rectified", stacklevel=5)
     try:
-        import torch.fx as fx
+        from ._incremental import traced
 
-        graph = fx.symbolic_trace(model).graph
+        graph = traced(model).graph  # the trace the generic paths reuse
     except Exception:
         if not kinds & {nn.ReLU, nn.ReLU6}:
             warnings.warn(f"{type(model).__name__} has no nn.ReLU modules: if it calls F.relu, rule {rule!r} "
