@@ -3,7 +3,7 @@
 Workload (issue 3): ZFNet (Fig. 3) with random weights, one 224x224 image, conv5, the 9
 strongest positions of each of the 16 strongest channels = 144 projections, CPU, float32.
 
-* ours: ``convlens.deconv.project_topk`` per channel batched into one call (``project_units``):
+* ours: ``convlens.deconv.project.project_topk`` per channel batched into one call (``project_units``):
   one forward, one batched, receptive-field-cropped pass down.
 * Captum, one call per unit: ``NeuronDeconvolution(model, model.relu5).attribute(x, (c, y, x))``.
 * Captum, best batched use: the image repeated B times, a neuron selector picking unit b from
@@ -35,8 +35,8 @@ import time
 import torch
 from torch import nn
 
-from convlens.deconv import project_units
-from convlens.model import build_model
+from convlens.deconv.project import project_units
+from convlens.nets.convnet import build_model
 
 
 def _captum_setup(model: nn.Module) -> list:

@@ -24,7 +24,7 @@ from _timing import timed
 from occlusion_torchvision import load
 from torch import nn
 
-from convlens.deconv import project_units
+from convlens.deconv.project import project_units
 
 
 class _ReLU6Gate(nn.ReLU):

@@ -19,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from convlens.model import build_model
+from convlens.nets.convnet import build_model
 
 
 def model_flops(model: nn.Module, size: int) -> float:

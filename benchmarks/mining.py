@@ -31,10 +31,10 @@ import time
 
 import torch
 
-from convlens.mining import mine_top_activations
-from convlens.model import build_model
-from convlens.tiles import unit_tiles
-from convlens.topk import TopKAccumulator
+from convlens.nets.convnet import build_model
+from convlens.topk.accumulator import TopKAccumulator
+from convlens.topk.mining import mine_top_activations
+from convlens.topk.tiles import unit_tiles
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
 

@@ -31,11 +31,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from convlens.artifacts import save_png
-from convlens.checkpoint import load_model
-from convlens.data import collate_skip, open_dataset
-from convlens.mined_units import display_class_names, layer_sheets, project_mined
-from convlens.mining import mine_top_activations
+from convlens.images.data import collate_skip, open_dataset
+from convlens.io.artifacts import save_png
+from convlens.nets.checkpoint import load_model
+from convlens.topk.mining import mine_top_activations
+from convlens.topk.units import display_class_names, layer_sheets, project_mined
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -29,8 +29,8 @@ import time
 
 import torch
 
-from convlens.model import build_model
-from convlens.occlusion import occluded_images, occlusion_map
+from convlens.nets.convnet import build_model
+from convlens.occlusion.maps import occluded_images, occlusion_map
 
 CPU: dict[str, list[float]] = {}
 

@@ -12,7 +12,7 @@ import torchvision
 from _timing import timed
 from torch import nn
 
-from convlens.occlusion import Approximation, occluded_images, occlusion_map
+from convlens.occlusion.maps import Approximation, occluded_images, occlusion_map
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 WEIGHTS = SHARED / "models" / "mobilenet_v2_imagenet" / "mobilenet_v2_imagenet.pt"
@@ -26,7 +26,7 @@ def log(*a: object) -> None:
 def load(n_images: int) -> tuple[nn.Module, list[torch.Tensor], str]:
     """(model, normalized 224x224 images, description)."""
     if WEIGHTS.exists():
-        from convlens.checkpoint import load_model
+        from convlens.nets.checkpoint import load_model
 
         loaded = load_model("torchvision:mobilenet_v2", weights=WEIGHTS)
         model, what = loaded.model.eval(), "ImageNet weights"

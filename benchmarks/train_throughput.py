@@ -1,4 +1,4 @@
-"""Training throughput: ``convlens.train.train_one_epoch`` (filter clipping on) vs a bare PyTorch loop.
+"""Training throughput: ``convlens.training.recipe.train_one_epoch`` (filter clipping on) vs a bare PyTorch loop.
 
 Both train the same architecture from the same initial weights on the same pre-made batches
 (so data loading is not measured), in the same process, alternating step by step (ABAB...) so
@@ -21,8 +21,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from convlens.model import get_config
-from convlens.train import TrainConfig, build_train_model, train_one_epoch
+from convlens.nets.convnet import get_config
+from convlens.training.recipe import TrainConfig, build_train_model, train_one_epoch
 
 
 def bare_loop(model, batches, optimizer) -> None:

@@ -13,10 +13,16 @@ from pathlib import Path
 import torch
 from occlusion_mobilenet import SHARED, mobilenet
 
-from convlens.artifacts import markdown_table, save_png, write_result
-from convlens.correspondence import correspondence_score, face_box, random_masks, square_masks, transform_points
-from convlens.data import imagenet_mobilenet_preprocessing, load_image
-from convlens.landmarks import PARTS, masked_images_grid, read_landmarks
+from convlens.correspondence.analysis import (
+    correspondence_score,
+    face_box,
+    random_masks,
+    square_masks,
+    transform_points,
+)
+from convlens.correspondence.landmarks import PARTS, masked_images_grid, read_landmarks
+from convlens.images.data import imagenet_mobilenet_preprocessing, load_image
+from convlens.io.artifacts import markdown_table, save_png, write_result
 
 LAYERS = ["features.13", "features.18", "classifier.0"]
 

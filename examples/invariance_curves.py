@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from occlusion_mobilenet import SHARED, mobilenet
 
-from convlens.artifacts import markdown_table, write_result
-from convlens.data import imagenet_mobilenet_preprocessing
-from convlens.invariance import invariance_curves, transform_images
-from convlens.invariance_figures import example_params, render_invariance
+from convlens.images.data import imagenet_mobilenet_preprocessing
+from convlens.invariance.analysis import invariance_curves, transform_images
+from convlens.invariance.figures import example_params, render_invariance
+from convlens.io.artifacts import markdown_table, write_result
 
 IMAGES = ["n03649909/n03649909_lawn_mower.JPEG", "n02086240/n02086240_Shih-Tzu.JPEG",
           "n01697457/n01697457_African_crocodile.JPEG", "n01817953/n01817953_African_grey.JPEG",

@@ -1,6 +1,6 @@
 """Project the strongest units of an ImageNet MobileNet-v2 back to pixels (Sec. 2.1 on a modern CNN).
 
-Uses the generic autograd path of :mod:`convlens.deconv` on torchvision's ``mobilenet_v2`` with
+Uses the generic autograd path of :mod:`convlens.deconv.project` on torchvision's ``mobilenet_v2`` with
 the ImageNet weights in ``../shared/data/models/mobilenet_v2_imagenet`` (input x = pixel/127.5 - 1,
 TF "SAME" padding restored with the hook from that folder's README) and a few images of
 ``../shared/data/imagenet-sample``. For the 4 strongest channels of a middle layer in each image it
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from convlens.artifacts import save_png
-from convlens.checkpoint import load_model
-from convlens.deconv import RULES, _top_units, project_units
-from convlens.viz import crop_box, make_grid, normalize_for_display, pad_to, upscale_nearest
+from convlens.deconv.project import RULES, _top_units, project_units
+from convlens.io.artifacts import save_png
+from convlens.io.viz import crop_box, make_grid, normalize_for_display, pad_to, upscale_nearest
+from convlens.nets.checkpoint import load_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 IMAGES = ("n02085620", "n01440764", "n02690373")  # chihuahua, tench, airliner
@@ -50,7 +50,7 @@ def main() -> None:
         print("predictions:", ", ".join(names[int(i)] for i in model(x).argmax(1)))
 
     # the strongest channels of each image (the same channels are projected with every rule)
-    from convlens.hooks import record_activations
+    from convlens.core.capture import record_activations
 
     with torch.no_grad(), record_activations(model, [args.layer]) as acts:
         model(x)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from convlens.artifacts import write_result
-from convlens.checkpoint import load_model
-from convlens.data import imagenet_mobilenet_preprocessing
-from convlens.occlusion import occlusion_map
-from convlens.occlusion_figures import label_table, occlusion_projection, render_occlusion
+from convlens.images.data import imagenet_mobilenet_preprocessing
+from convlens.io.artifacts import write_result
+from convlens.nets.checkpoint import load_model
+from convlens.occlusion.figures import label_table, occlusion_projection, render_occlusion
+from convlens.occlusion.maps import occlusion_map
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODEL_DIR = SHARED / "models" / "mobilenet_v2_imagenet"

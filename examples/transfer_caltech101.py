@@ -20,9 +20,10 @@ import torch
 import torchvision
 from torchvision import transforms
 
-from convlens import feature_cache, transfer_report
-from convlens.checkpoint import load_model
-from convlens.transfer import Features, ProtocolResult, evaluate_probes, extract_features
+from convlens.nets.checkpoint import load_model
+from convlens.transfer import feature_cache
+from convlens.transfer import report as transfer_report
+from convlens.transfer.probes import Features, ProtocolResult, evaluate_probes, extract_features
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WEIGHTS = DATA / "models" / "mobilenet_v2_imagenet" / "mobilenet_v2_imagenet.pt"

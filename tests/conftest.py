@@ -30,7 +30,7 @@ def _one_thread():
 
 @pytest.fixture
 def tiny_model():
-    from convlens.model import build_model
+    from convlens.nets.convnet import build_model
 
     return build_model("zfnet-tiny", init="kaiming", seed=0).eval()
 
@@ -56,9 +56,9 @@ def image_folder(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_checkpoint(tmp_path: Path, image_folder: Path) -> Path:
     """A zfnet-tiny convlens checkpoint with the paper's preprocessing of ``image_folder``."""
-    from convlens.checkpoint import save_checkpoint
-    from convlens.data import dataset_preprocessing
-    from convlens.model import build_model
+    from convlens.images.data import dataset_preprocessing
+    from convlens.nets.checkpoint import save_checkpoint
+    from convlens.nets.convnet import build_model
 
     model = build_model("zfnet-tiny", num_classes=2, init="kaiming", seed=0)
     pre = dataset_preprocessing(str(image_folder), crop=32)

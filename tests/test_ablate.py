@@ -1,4 +1,4 @@
-"""Tests for convlens.ablate (Table 3 ablations; resumable per variant)."""
+"""Tests for convlens.training.ablate (Table 3 ablations; resumable per variant)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from convlens.ablate import ablate, variant_arch, variant_dir
-from convlens.data import Preprocessing
-from convlens.train import RunData, TrainConfig
+from convlens.images.data import Preprocessing
+from convlens.training.ablate import ablate, variant_arch, variant_dir
+from convlens.training.recipe import RunData, TrainConfig
 
 
 def _data() -> RunData:

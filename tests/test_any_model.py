@@ -34,7 +34,7 @@ class Net(nn.Module):
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("any")
     (d / "net.py").write_text(NET)
-    from convlens.loading import load_model
+    from convlens.nets.loading import load_model
 
     net = load_model(f"{d / 'net.py'}:Net").model
     with torch.no_grad():

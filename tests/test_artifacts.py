@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from convlens.artifacts import markdown_table, read_result, save_png, to_jsonable, write_result
+from convlens.io.artifacts import markdown_table, read_result, save_png, to_jsonable, write_result
 
 
 def test_write_and_read_result_roundtrip(tmp_path):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from convlens.loading import load_model, parse_spec, read_state_dict
-from convlens.model_meta import parse_normalize
+from convlens.nets.loading import load_model, parse_spec, read_state_dict
+from convlens.nets.meta import parse_normalize
 
 FACTORY_SRC = '''
 import torch

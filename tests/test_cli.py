@@ -35,9 +35,9 @@ def not_a_model():
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Files for the bad invocations: good and broken checkpoints, weights, images, datasets, CSVs."""
     from conftest import make_image_folder
-    from convlens.checkpoint import save_checkpoint
-    from convlens.data import Preprocessing
-    from convlens.model import build_model
+    from convlens.images.data import Preprocessing
+    from convlens.nets.checkpoint import save_checkpoint
+    from convlens.nets.convnet import build_model
 
     d = tmp_path_factory.mktemp("cli")
     pre = Preprocessing(36, 32, torch.full((3, 1, 1), 127.5), torch.full((3, 1, 1), 64.0))

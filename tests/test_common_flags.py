@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from convlens.commands import _common
-from convlens.device import resolve_device
+from convlens.nets.device import resolve_device
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +58,7 @@ def test_out_must_not_be_a_file(tmp_path):
 
 
 def test_layers_default_and_checked(tiny_checkpoint):
-    from convlens.loading import load_model
+    from convlens.nets.loading import load_model
 
     loaded = load_model(tiny_checkpoint)
     assert _common.parse_layers(None, loaded) == ["conv1", "conv2", "conv3", "conv4", "conv5"]
@@ -74,7 +74,7 @@ def test_layers_default_and_checked(tiny_checkpoint):
 
 def test_dataset_more_classes_than_outputs(tiny_checkpoint, tmp_path):
     from conftest import make_image_folder
-    from convlens.loading import load_model
+    from convlens.nets.loading import load_model
 
     root = make_image_folder(tmp_path / "three", classes=("a", "b", "c"), per_class=1, size=12)
     args = _parser().parse_args(["--checkpoint", str(tiny_checkpoint), "--dataset", str(root), "--split", "train"])

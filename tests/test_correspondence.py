@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from convlens.correspondence import (
+from convlens.correspondence.analysis import (
     correspondence_score,
     face_box,
     random_masks,

@@ -10,10 +10,12 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from convlens import deconv, sanity
-from convlens.deconv import RULES, project_max, project_topk, project_units, sanity_check
-from convlens.model import ConvNet, ConvNetConfig, ConvSpec, PoolSpec, build_model
-from convlens.receptive_field import unit_box
+from convlens.core.receptive_field import unit_box
+from convlens.deconv import project as deconv
+from convlens.deconv import sanity
+from convlens.deconv.project import RULES, project_max, project_topk, project_units
+from convlens.deconv.sanity import sanity_check
+from convlens.nets.convnet import ConvNet, ConvNetConfig, ConvSpec, PoolSpec, build_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is not present")

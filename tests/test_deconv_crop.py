@@ -11,9 +11,9 @@ import torch
 import torchvision
 from torch import nn
 
-from convlens import _deconv_generic
-from convlens.deconv import _LRN, _rule_hook, project_units
-from convlens.hooks import get_module
+from convlens.core.capture import get_module
+from convlens.deconv import autograd_way as _deconv_generic
+from convlens.deconv.project import _LRN, _rule_hook, project_units
 
 
 @functools.cache
@@ -105,7 +105,7 @@ def test_cropped_equals_full_image(name, size, layer, rule):
 def test_crops_with_tf_same_padding(rule):
     """convlens's TF "SAME" padding hooks: crops when the image side is a multiple of the layer's
     stride (then exact), full images otherwise; both equal the full-image autograd projection."""
-    from convlens.checkpoint import use_tf_same_padding
+    from convlens.nets.checkpoint import use_tf_same_padding
 
     model = use_tf_same_padding(copy.deepcopy(_model("mobilenet_v2")))
     layer = "features.4.conv.3"  # stride 8
@@ -164,8 +164,8 @@ def test_global_operation_means_full_images():
 def test_explicit_way_down_equals_autograd(monkeypatch, name, layer, tf_same, rule, split):
     """The explicit batched way down (full images), with TF "SAME" padding hooks and with the batch
     split into single samples on large maps, equals one autograd backward per unit."""
-    from convlens import _deconv_graph
-    from convlens.checkpoint import use_tf_same_padding
+    from convlens.deconv import graph_way as _deconv_graph
+    from convlens.nets.checkpoint import use_tf_same_padding
 
     model = copy.deepcopy(_model(name))
     if tf_same:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from convlens.data import FASHION_MNIST_DIR
 from convlens.demo import Step, _argv, _run_step, _subcommands, _Tee, make_synthetic_dataset
+from convlens.images.data import FASHION_MNIST_DIR
 from test_explorer import run_info, shared_run_dir
 
 # The shared demo run takes ~1 min of CPU; on a heavily shared machine its wall time can pass the
@@ -51,7 +51,7 @@ def test_failing_or_missing_step_is_logged_and_skipped(capsys: pytest.CaptureFix
 
 
 def test_synthetic_dataset(tmp_path: Path) -> None:
-    from convlens.data import open_raw
+    from convlens.images.data import open_raw
 
     root = make_synthetic_dataset(tmp_path / "syn", classes=2, per_class=3, size=20)
     raw = open_raw(str(root), "test", size=20)

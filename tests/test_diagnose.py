@@ -1,4 +1,4 @@
-"""Tests for convlens.diagnose (Fig. 6 diagnostics as numbers)."""
+"""Tests for convlens.diagnose.analysis (Fig. 6 diagnostics as numbers)."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from convlens.diagnose import comparison_table, diagnose, filter_rms, frequency_bands, lattice_energy
-from convlens.model import ConvNet, ConvNetConfig, ConvSpec, PoolSpec, build_model, init_weights
+from convlens.diagnose.analysis import comparison_table, diagnose, filter_rms, frequency_bands, lattice_energy
+from convlens.nets.convnet import ConvNet, ConvNetConfig, ConvSpec, PoolSpec, build_model, init_weights
 
 
 def _grid(k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,9 +116,9 @@ def _folder(root: Path, n: int = 4) -> Path:
 
 
 def test_diagnose_cli_side_by_side(tmp_path: Path) -> None:
-    from convlens.checkpoint import save_checkpoint
     from convlens.cli import main
-    from convlens.data import Preprocessing
+    from convlens.images.data import Preprocessing
+    from convlens.nets.checkpoint import save_checkpoint
 
     pre = Preprocessing(36, 32, torch.full((3, 1, 1), 127.5), torch.full((3, 1, 1), 64.0))
     paths = []

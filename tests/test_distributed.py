@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent(
     import sys
     import torch
     from torch.utils.data import TensorDataset
-    from convlens.train import RunData, TrainConfig, fit
+    from convlens.training.recipe import RunData, TrainConfig, fit
 
     def main(out):
         g = torch.Generator().manual_seed(0)
@@ -81,7 +81,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)
     # the two processes really trained (weights moved away from the seeded init)
-    from convlens.train import TrainConfig, build_train_model
+    from convlens.training.recipe import TrainConfig, build_train_model
 
     init = build_train_model(TrainConfig(arch="zfnet-tiny", dataset="x", init="kaiming"), 4).state_dict()
     assert not torch.allclose(init["conv1.weight"], two["conv1.weight"])

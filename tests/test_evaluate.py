@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import make_image_folder
 from convlens.cli import main
-from convlens.train import evaluate
+from convlens.training.recipe import evaluate
 
 
 class Logits(nn.Module):

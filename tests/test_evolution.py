@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from convlens.evolution import Evolution, feature_evolution, find_checkpoints, pearson, pick_epochs
-from convlens.model import build_model
+from convlens.evolution.analysis import Evolution, feature_evolution, find_checkpoints, pearson, pick_epochs
+from convlens.nets.convnet import build_model
 
 
 def test_pick_epochs():
@@ -57,9 +57,9 @@ def test_same_model_twice_gives_correlation_one():
 def test_cli_evolution_end_to_end(tmp_path):
     from PIL import Image
 
-    from convlens.checkpoint import save_checkpoint
     from convlens.cli import main
-    from convlens.data import Preprocessing
+    from convlens.images.data import Preprocessing
+    from convlens.nets.checkpoint import save_checkpoint
 
     root = tmp_path / "images"
     for c in ("a", "b"):

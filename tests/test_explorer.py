@@ -22,10 +22,10 @@ import pytest
 from PIL import Image
 
 from convlens.cli import main
-from convlens.data import FASHION_MNIST_DIR
 from convlens.demo import PLANS, make_synthetic_dataset, run_demo
 from convlens.explorer import MAX_UPLOAD_BYTES, ImageTooLarge, create_app, decode_upload
 from convlens.explorer.jobs import JobQueue
+from convlens.images.data import FASHION_MNIST_DIR
 from mined_run import make_mined_run
 
 # The shared demo run takes ~1 min of CPU; on a heavily shared machine its wall time can pass the

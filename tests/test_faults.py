@@ -166,9 +166,9 @@ def mine_outputs(out: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def checkpoint(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from convlens.checkpoint import save_checkpoint
-    from convlens.data import dataset_preprocessing
-    from convlens.model import build_model
+    from convlens.images.data import dataset_preprocessing
+    from convlens.nets.checkpoint import save_checkpoint
+    from convlens.nets.convnet import build_model
 
     model = build_model("zfnet-tiny", num_classes=2, init="kaiming", seed=0)
     pre = dataset_preprocessing(str(data), crop=32)
@@ -253,7 +253,7 @@ def test_corrupt_corpus_through_mine_evaluate_transfer(data: Path, checkpoint: P
 
 
 def test_one_writer_per_output_folder(data: Path, checkpoint: Path, tmp_path: Path) -> None:
-    from convlens._rundir import lock_output
+    from convlens.training.rundir import lock_output
 
     out = tmp_path / "out"
     with lock_output(out, "convlens mine --out elsewhere (another run)"):

@@ -6,9 +6,9 @@ import torch
 import torchvision
 
 from conftest import SHARED, needs_shared
-from convlens.deconv import project_units
-from convlens.hooks import record_activations
-from convlens.rules import resolve_rule
+from convlens.core.capture import record_activations
+from convlens.deconv.project import project_units
+from convlens.deconv.rules import resolve_rule
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -68,10 +68,10 @@ def _pairwise_max_corr(tiles: torch.Tensor) -> float:
 def test_real_mobilenet_top9_projections_follow_their_images():
     from torch.utils.data import DataLoader
 
-    from convlens.checkpoint import load_model
-    from convlens.data import collate_skip, open_dataset
-    from convlens.mining import mine_top_activations
-    from convlens.tiles import unit_tiles
+    from convlens.images.data import collate_skip, open_dataset
+    from convlens.nets.checkpoint import load_model
+    from convlens.topk.mining import mine_top_activations
+    from convlens.topk.tiles import unit_tiles
 
     weights = SHARED / "models" / "mobilenet_v2_imagenet" / "mobilenet_v2_imagenet.pt"
     loaded = load_model("torchvision:mobilenet_v2", weights=weights)
@@ -90,8 +90,8 @@ def test_real_mobilenet_top9_projections_follow_their_images():
 
 
 def test_sheets_are_labelled_split_and_readable_size():
-    from convlens.fig2 import display_tiles, fig2_sheets, map_block
-    from convlens.viz import normalize_for_display, text_block
+    from convlens.io.viz import normalize_for_display, text_block
+    from convlens.topk.sheets import display_tiles, fig2_sheets, map_block
 
     gen = torch.Generator().manual_seed(0)
     proj, patch = display_tiles(torch.randn(9, 3, 32, 32, generator=gen), torch.rand(9, 3, 32, 32, generator=gen))

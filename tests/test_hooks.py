@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from convlens.hooks import capture, get_module, parse_unit, record_activations, resolve_layer
-from convlens.model import build_model
+from convlens.core.capture import capture, get_module, parse_unit, record_activations, resolve_layer
+from convlens.nets.convnet import build_model
 
 
 def test_record_activations_matches_features_and_removes_hooks(tiny_model):
@@ -145,7 +145,7 @@ def test_recorded_outputs_survive_later_inplace_ops():
     recorded tensor in place: the recorded value is the module's output as it was returned."""
     import torchvision
 
-    from convlens.hooks import capture
+    from convlens.core.capture import capture
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=4).eval()

@@ -1,4 +1,4 @@
-"""The one decoding policy (convlens.imaging) and the output-folder lock (convlens._rundir.lock_output)."""
+"""The one decoding policy (convlens.images.decode) and the output-folder lock (lock_output)."""
 from __future__ import annotations
 
 import io
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convlens._lock import LOCK_NAME, OutputLocked, lock_output, remove_stale_temporaries
-from convlens.imaging import ImageTooLarge, UnreadableImage, open_image
+from convlens.images.decode import ImageTooLarge, UnreadableImage, open_image
+from convlens.io.lock import LOCK_NAME, OutputLocked, lock_output, remove_stale_temporaries
 
 
 def encode(img: Image.Image, fmt: str = "PNG") -> bytes:
@@ -107,7 +107,7 @@ def test_unreadable_sources_named_without_object_reprs(tmp_path: Path) -> None:
 
 def test_lock_second_process_refused_naming_the_holder(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    code = f"from convlens._lock import lock_output\nwith lock_output({str(out)!r}): pass\n"
+    code = f"from convlens.io.lock import lock_output\nwith lock_output({str(out)!r}): pass\n"
     with lock_output(out, "convlens mine --out X"):
         assert (out / LOCK_NAME).read_text().startswith("pid ")
         with lock_output(out):  # re-entrant in one process
@@ -120,7 +120,7 @@ def test_lock_second_process_refused_naming_the_holder(tmp_path: Path) -> None:
 
 def test_lock_released_when_the_holder_is_killed(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    code = f"import time\nfrom convlens._lock import lock_output\nwith lock_output({str(out)!r}):\n" \
+    code = f"import time\nfrom convlens.io.lock import lock_output\nwith lock_output({str(out)!r}):\n" \
            "    print('held', flush=True); time.sleep(60)\n"
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

@@ -15,4 +15,4 @@ def test_unknown_name_is_an_attribute_error():
         assert "not_a_thing" in str(exc)
     else:
         raise AssertionError("expected AttributeError")
-    assert importlib.import_module("convlens.deconv").project_max is convlens.project_max
+    assert importlib.import_module("convlens.deconv.project").project_max is convlens.project_max

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from convlens.invariance import invariance_curves, shift_images, transform_images
+from convlens.invariance.analysis import invariance_curves, shift_images, transform_images
 
 
 @pytest.mark.parametrize("transform,identity", [("translate", 0), ("scale", 1.0), ("rotate", 0)])

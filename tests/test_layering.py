@@ -16,7 +16,7 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_import_report_does_not_import_torch() -> None:
-    mods = _modules_after("import convlens.report, convlens.manifest, convlens.commands.report")
+    mods = _modules_after("import convlens.report, convlens.io.manifest, convlens.commands.report")
     assert "torch" not in mods, (
         "importing convlens.report pulled in torch; if it comes from convlens/__init__.py, make its "
         "re-exports lazy (module __getattr__, PEP 562)"
@@ -30,7 +30,7 @@ def test_report_package_itself_is_torch_free() -> None:
         "import sys, types\n"
         f"pkg = types.ModuleType('convlens'); pkg.__path__ = [{str(SRC / 'convlens')!r}]; pkg.__version__ = 'x'\n"
         "sys.modules['convlens'] = pkg\n"
-        "import convlens.report, convlens.report.html, convlens.report.svg, convlens.manifest\n"
+        "import convlens.report, convlens.report.html, convlens.report.svg, convlens.io.manifest\n"
     )
     mods = _modules_after(code)
     assert "convlens.report.html" in mods

@@ -6,8 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
-from convlens.layers import LayerInfo, default_layers, list_layers, resolve_layers
-from convlens.model import build_model
+from convlens.core.layers import LayerInfo, default_layers, list_layers, resolve_layers
+from convlens.nets.convnet import build_model
 
 
 def test_default_layers_adapt_to_the_model():

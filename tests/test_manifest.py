@@ -1,4 +1,4 @@
-"""convlens.manifest reads run directories without torch: results in the paper's order, malformed files as
+"""convlens.io.manifest reads run directories without torch: results in the paper's order, malformed files as
 warnings (never exceptions), figure paths kept inside their folder; round trip with artifacts.write_result."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from convlens.artifacts import write_result
-from convlens.manifest import KIND_ORDER, SCHEMA, inside, load_run, read_metrics, read_result
+from convlens.io.artifacts import write_result
+from convlens.io.manifest import KIND_ORDER, SCHEMA, inside, load_run, read_metrics, read_result
 
 
 def _png(path: Path) -> None:

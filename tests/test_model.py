@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from convlens.cli import main
-from convlens.model import TABLE3_VARIANTS, VARIANTS, build_model, get_config, summary
+from convlens.nets.convnet import TABLE3_VARIANTS, VARIANTS, build_model, get_config, summary
 
 
 def shapes(name: str) -> dict[str, tuple[int, ...]]:

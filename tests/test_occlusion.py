@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from convlens.model import ConvNet, ConvNetConfig, ConvSpec, PoolSpec, build_model
-from convlens.occlusion import occluded_images, occluder_positions, occlusion_map
+from convlens.nets.convnet import ConvNet, ConvNetConfig, ConvSpec, PoolSpec, build_model
+from convlens.occlusion.maps import occluded_images, occluder_positions, occlusion_map
 
 
 def naive(model: nn.Module, image: torch.Tensor, window: int, stride: int, fill: float, layer: str, channel: int):
@@ -178,8 +178,8 @@ def test_panel_c_projection_is_drawn(tiny_model):
     """Fig. 7 panel (c): the projection of the map's strongest unit exists and is not blank."""
     from types import SimpleNamespace
 
-    from convlens.hooks import capture
-    from convlens.occlusion_figures import occlusion_projection
+    from convlens.core.capture import capture
+    from convlens.occlusion.figures import occlusion_projection
 
     x = torch.randn(3, 32, 32)
     act = capture(tiny_model, x[None], ["conv5"])["conv5"][0]

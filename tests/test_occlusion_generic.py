@@ -6,10 +6,10 @@ import torch
 import torchvision
 from torch import nn
 
-from convlens._incremental import IncrementalPlan
-from convlens._occlusion_approx import ssim
-from convlens.hooks import record_activations
-from convlens.occlusion import Approximation, occluder_positions, occlusion_map
+from convlens.core.capture import record_activations
+from convlens.occlusion.approx import ssim
+from convlens.occlusion.incremental import IncrementalPlan
+from convlens.occlusion.maps import Approximation, occluder_positions, occlusion_map
 
 
 def naive(model: nn.Module, image: torch.Tensor, window: int, stride: int, fill: float, layer: str, channel: int):
@@ -187,7 +187,7 @@ def test_tf_same_padding_hooks(mobilenet_v2):
     """convlens's TF "SAME" padding pre-hook (asymmetric padding) is understood; other hooks end the prefix."""
     import copy
 
-    from convlens.checkpoint import use_tf_same_padding
+    from convlens.nets.checkpoint import use_tf_same_padding
 
     model = use_tf_same_padding(copy.deepcopy(mobilenet_v2))
     image = torch.randn(3, 48, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -205,7 +205,7 @@ def test_tf_same_padding_hooks(mobilenet_v2):
 def test_workers_and_inplace_clamps(mobilenet_v2, monkeypatch):
     """Occluder batches in two worker threads equal one thread; the ReLU6 nodes clamp in place
     (except where the clamped tensor is the layer's value) and the caller's thread count is restored."""
-    from convlens import _occlusion_engine
+    from convlens.occlusion import engine as _occlusion_engine
 
     image = torch.randn(3, 48, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     threads = torch.get_num_threads()
@@ -226,7 +226,7 @@ def test_workers_and_inplace_clamps(mobilenet_v2, monkeypatch):
 
 
 def test_trace_is_kept_per_model_until_its_modules_change():
-    from convlens._incremental import traced
+    from convlens.occlusion.incremental import traced
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=3).eval()

@@ -7,8 +7,8 @@ import torchvision
 from torch import nn
 
 from conftest import SHARED, needs_shared
-from convlens.model import build_model
-from convlens.receptive_field import RF, axis_receptive_fields, receptive_fields, unit_box
+from convlens.core.receptive_field import RF, axis_receptive_fields, receptive_fields, unit_box
+from convlens.nets.convnet import build_model
 
 
 def _meta(fn):  # structure only: no memory, no initialization time
@@ -70,7 +70,7 @@ def test_non_square_kernels_are_followed_per_axis():
 def _support_inside(model: nn.Module, layer: str, x: torch.Tensor, positions: list[tuple[int, int]]) -> int:
     """For each (y, x) the strongest channel's unit there: its input-gradient support lies in its box.
     Returns how many probed units were live (non-zero gradient)."""
-    from convlens.hooks import capture
+    from convlens.core.capture import capture
 
     x = x.clone().requires_grad_(True)
     act = capture(model, x, [layer], no_grad=False)[layer]
@@ -134,7 +134,7 @@ def _linearized(model: nn.Module) -> nn.Module:
 def _support_boxes(model: nn.Module, layer: str, size: int, positions: list[tuple[int, int]]):
     """Per position: the strongest channel's unit, its box and the bounding box of its gradient support
     (None for a dead unit). One image per unit, one backward for all (eval mode: images independent)."""
-    from convlens.hooks import capture
+    from convlens.core.capture import capture
 
     x = torch.randn(len(positions), 3, size, size, dtype=torch.float64, requires_grad=True)
     act = capture(model, x, [layer], no_grad=False)[layer]
@@ -153,7 +153,7 @@ def _support_boxes(model: nn.Module, layer: str, size: int, positions: list[tupl
 
 
 def _positions(model: nn.Module, layer: str, size: int) -> list[tuple[int, int]]:
-    from convlens.hooks import capture
+    from convlens.core.capture import capture
 
     h, w = capture(model, torch.zeros(1, 3, size, size, dtype=torch.float64), [layer])[layer].shape[-2:]
     return [(0, 0), (h // 2, w // 2), (h - 1, w // 3), (h // 3, w - 1)]

@@ -1,4 +1,4 @@
-"""The static report (convlens.report) and the torch-free run reader (convlens.manifest)."""
+"""The static report (convlens.report) and the torch-free run reader (convlens.io.manifest)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from convlens.cli import main
-from convlens.manifest import KIND_ORDER, load_run
+from convlens.io.manifest import KIND_ORDER, load_run
 from convlens.report import build_report
 from convlens.report.svg import line_chart, nice_ticks
 

@@ -89,9 +89,9 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    from convlens.checkpoint import save_checkpoint
-    from convlens.data import dataset_preprocessing
-    from convlens.model import build_model
+    from convlens.images.data import dataset_preprocessing
+    from convlens.nets.checkpoint import save_checkpoint
+    from convlens.nets.convnet import build_model
 
     base = tmp_path_factory.mktemp("hostile")
     run = base / "run"

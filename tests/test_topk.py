@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from convlens.mining import ShardSampler, mine_top_activations
-from convlens.model import build_model
-from convlens.topk import TopKAccumulator, tie_key
+from convlens.nets.convnet import build_model
+from convlens.topk.accumulator import TopKAccumulator, tie_key
+from convlens.topk.mining import ShardSampler, mine_top_activations
 
 CONVS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
 
@@ -199,7 +199,7 @@ def _folder_with_a_broken_jpeg(tmp_path, classes):
     """An ImageFolder dataset: 3 small PNGs per class and ``b/broken.jpg``, which cannot be decoded."""
     from PIL import Image
 
-    from convlens.data import Preprocessing, open_dataset
+    from convlens.images.data import Preprocessing, open_dataset
 
     root = tmp_path / "folder"
     for c in classes:
@@ -213,7 +213,7 @@ def _folder_with_a_broken_jpeg(tmp_path, classes):
 
 
 def test_corrupt_image_is_skipped_and_counted(tmp_path):
-    from convlens.data import collate_skip
+    from convlens.images.data import collate_skip
 
     ds = _folder_with_a_broken_jpeg(tmp_path, ("a", "b"))
     assert len(ds) == 7
@@ -233,8 +233,8 @@ def test_bad_arguments():
 
 
 def test_patches_lie_inside_the_image_and_match_the_rf_box(tiny):
-    from convlens.receptive_field import receptive_fields, unit_box
-    from convlens.tiles import unit_tiles
+    from convlens.core.receptive_field import receptive_fields, unit_box
+    from convlens.topk.tiles import unit_tiles
 
     model, x, _ = tiny
     x = x[:10]
@@ -268,9 +268,9 @@ def test_cli_mine_end_to_end(tmp_path):
 
     from PIL import Image
 
-    from convlens.checkpoint import save_checkpoint
     from convlens.cli import main
-    from convlens.data import Preprocessing
+    from convlens.images.data import Preprocessing
+    from convlens.nets.checkpoint import save_checkpoint
 
     root = tmp_path / "images"
     for c in ("cats", "dogs"):
@@ -314,8 +314,8 @@ def test_cli_mine_rejects_unknown_layer(tmp_path, capsys):
     from convlens.cli import main
 
     model = build_model("zfnet-tiny", seed=0)
-    from convlens.checkpoint import save_checkpoint
-    from convlens.data import Preprocessing
+    from convlens.images.data import Preprocessing
+    from convlens.nets.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "ck.pt", model,
                     preprocessing=Preprocessing(32, 32, torch.zeros(3, 1, 1), torch.ones(3, 1, 1)),
@@ -395,8 +395,8 @@ def test_class_means_and_labels_survive_resume_and_merge(tiny, tmp_path):
 def test_images_skipped_before_a_resume_are_still_named(tmp_path):
     """A run killed after a batch with an unreadable image, then resumed: the second run's report
     (its SkipLog: the warning and result.json) names the image, with the reason; counted once."""
-    from convlens.data import collate_skip
-    from convlens.sources import SkipLog
+    from convlens.images.data import collate_skip
+    from convlens.images.sources import SkipLog
 
     ds = _folder_with_a_broken_jpeg(tmp_path, ("a", "b", "c"))
     broken = [i for i in range(len(ds)) if ds.describe(i).endswith("broken.jpg")]

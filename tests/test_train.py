@@ -1,4 +1,4 @@
-"""Tests for convlens.train: filter clipping, resume equality, overfitting, the run directory."""
+"""Tests for convlens.training.recipe: filter clipping, resume equality, overfitting, the run directory."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from convlens.train import METRICS_COLUMNS, RunData, TrainConfig, fit, renormalize_filters
+from convlens.training.recipe import METRICS_COLUMNS, RunData, TrainConfig, fit, renormalize_filters
 
 
 def _data(n: int = 16, classes: int = 5, size: int = 32) -> RunData:
@@ -83,7 +83,7 @@ def test_tiny_model_overfits_16_images():
 
 def test_clipping_holds_filters_at_radius_during_training():
     cfg = TrainConfig(arch="zfnet-tiny", dataset="synthetic", epochs=1, batch_size=8, init="kaiming", lr=0.05)
-    from convlens.train import build_train_model, make_loader, train_one_epoch
+    from convlens.training.recipe import build_train_model, make_loader, train_one_epoch
 
     model = build_train_model(cfg, 5)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -102,7 +102,7 @@ def test_bad_config_is_a_readable_error():
 
 
 def test_limit_takes_a_random_subset_over_all_classes():
-    from convlens.train import random_subset
+    from convlens.training.recipe import random_subset
 
     labels = torch.arange(4).repeat_interleave(25)  # class-sorted, like an ImageFolder
     ds = TensorDataset(torch.zeros(100, 1), labels)

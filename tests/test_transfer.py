@@ -1,4 +1,4 @@
-"""Tests for convlens.transfer (Tables 4-7, Fig. 9) and the transfer command."""
+"""Tests for convlens.transfer.probes (Tables 4-7, Fig. 9) and the transfer command."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from convlens.model import build_model
-from convlens.transfer import (
+from convlens.nets.convnet import build_model
+from convlens.transfer.probes import (
     Features,
     caltech_folds,
     evaluate_probes,
@@ -108,9 +108,9 @@ def _image_folder(root: Path, per_class: int = 6, classes: int = 2) -> Path:
 
 
 def test_transfer_cli_end_to_end_and_cache(tmp_path: Path) -> None:
-    from convlens.checkpoint import save_checkpoint
     from convlens.cli import main
-    from convlens.data import Preprocessing
+    from convlens.images.data import Preprocessing
+    from convlens.nets.checkpoint import save_checkpoint
 
     data = _image_folder(tmp_path / "data")
     ckpt = tmp_path / "m.pt"

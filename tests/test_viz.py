@@ -1,11 +1,11 @@
-"""Tests for convlens.viz: contrast normalization, grids, colormaps, overlays."""
+"""Tests for convlens.io.viz: contrast normalization, grids, colormaps, overlays."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from convlens.viz import (
+from convlens.io.viz import (
     colorize,
     crop_box,
     make_grid,

@@ -10,32 +10,36 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    # model.py
-    "LAYERS": "model", "ConvNet": "model", "ConvNetConfig": "model", "build_model": "model", "get_config": "model",
-    # hooks.py
-    "record_activations": "hooks", "capture": "hooks", "parse_unit": "hooks",
-    # layers.py: names, defaults and receptive fields of any model's layers
-    "LayerInfo": "layers", "list_layers": "layers", "default_layers": "layers", "resolve_layers": "layers",
-    # data.py / checkpoint.py
-    "Preprocessing": "data", "open_dataset": "data", "load_image": "data",
-    "load_model": "checkpoint", "save_checkpoint": "checkpoint",
+_PUBLIC = {
+    # the convnets of the paper (Fig. 3) and any model
+    "nets.convnet": ("LAYERS", "ConvNet", "ConvNetConfig", "build_model", "get_config"),
+    "nets.checkpoint": ("load_model", "save_checkpoint"),
+    # capture, layer names, receptive fields of any model's layers
+    "core.capture": ("record_activations", "capture", "parse_unit"),
+    "core.layers": ("LayerInfo", "list_layers", "default_layers", "resolve_layers"),
+    "core.receptive_field": ("receptive_fields", "unit_box", "axis_receptive_fields"),
+    "images.data": ("Preprocessing", "open_dataset", "load_image"),
     # training (Sec. 3, Table 2)
-    "TrainConfig": "train", "fit": "train", "renormalize_filters": "train", "evaluate": "evaluation",
-    # deconvnet and receptive fields (Sec. 2.1, Fig. 1)
-    "Projection": "deconv", "project_units": "deconv", "project_max": "deconv", "project_topk": "deconv",
-    "sanity_check": "sanity", "receptive_fields": "receptive_field", "unit_box": "receptive_field",
-    "axis_receptive_fields": "receptive_field",
+    "training.recipe": ("TrainConfig", "fit", "renormalize_filters"),
+    "training.evaluation": ("evaluate",),
+    # deconvnet (Sec. 2.1, Fig. 1)
+    "deconv.project": ("Projection", "project_units", "project_max", "project_topk"),
+    "deconv.sanity": ("sanity_check",),
     # top-9 and evolution (Fig. 2, Fig. 4)
-    "TopKAccumulator": "topk", "TopActivations": "topk", "mine_top_activations": "mining", "unit_tiles": "tiles",
-    "feature_evolution": "evolution",
+    "topk.accumulator": ("TopKAccumulator", "TopActivations"),
+    "topk.mining": ("mine_top_activations",),
+    "topk.tiles": ("unit_tiles",),
+    "evolution.analysis": ("feature_evolution",),
     # occlusion, correspondence, invariance (Fig. 5, 7, 8, Table 1)
-    "OcclusionMap": "occlusion", "occlusion_map": "occlusion", "Correspondence": "correspondence",
-    "correspondence_score": "correspondence", "InvarianceCurves": "invariance", "invariance_curves": "invariance",
+    "occlusion.maps": ("OcclusionMap", "occlusion_map"),
+    "correspondence.analysis": ("Correspondence", "correspondence_score"),
+    "invariance.analysis": ("InvarianceCurves", "invariance_curves"),
     # diagnostics, transfer (Fig. 6, Tables 4-7); the functions diagnose() and ablate() live in their modules
-    "Diagnosis": "diagnose", "extract_features": "transfer", "fit_probe": "transfer", "evaluate_probes": "transfer",
-    "caltech_folds": "transfer", "per_class_accuracy": "transfer", "find_duplicates": "transfer",
+    "diagnose.analysis": ("Diagnosis",),
+    "transfer.probes": ("extract_features", "fit_probe", "evaluate_probes", "caltech_folds", "per_class_accuracy",
+                        "find_duplicates"),
 }
+_EXPORTS = {name: module for module, names in _PUBLIC.items() for name in names}
 
 __all__ = ["__version__", *_EXPORTS]
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import commands
+from convlens import commands
 
 __all__ = ["build_parser", "main"]
 
@@ -95,7 +95,7 @@ def _output_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     out = getattr(args, "out", None)
     if not out or getattr(args, "command", None) in _NO_OUTPUT_LOCK or os.environ.get("RANK", "0") != "0":
         return contextlib.nullcontext()
-    from ._lock import lock_output
+    from convlens.io.lock import lock_output
 
     return lock_output(out)
 
@@ -107,7 +107,7 @@ _NO_OUTPUT_LOCK: frozenset[str] = frozenset()  # commands whose --out is not a f
 def _skip_report(args: argparse.Namespace) -> Iterator[None]:
     """Images the command skipped (unreadable, over the pixel cap): one warning at the end, and the
     list (path and reason) added to the command's ``OUT/result.json`` as ``data.skipped_images``."""
-    from .sources import SkipLog
+    from convlens.images.sources import SkipLog
 
     started = time.time()
     with SkipLog() as skips:
@@ -119,7 +119,7 @@ def _skip_report(args: argparse.Namespace) -> Iterator[None]:
     result = Path(out) / "result.json" if out else None
     if result is None or not result.is_file() or result.stat().st_mtime < started - 1:
         return
-    from .artifacts import read_result, write_json
+    from convlens.io.artifacts import read_result, write_json
 
     try:
         doc = read_result(result)

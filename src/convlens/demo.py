@@ -105,7 +105,7 @@ class DemoResult:
 
 def _subcommands() -> dict[str, set[str]]:
     """Each available subcommand -> the option strings it accepts (read from the real parser)."""
-    from .cli import build_parser
+    from convlens.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -151,7 +151,7 @@ class _Tee(io.TextIOBase):
 
 
 def _run_step(step: Step, echo: Callable[[str], None]) -> None:
-    from .cli import main
+    from convlens.cli import main
 
     echo(f"[demo] {step.name:<22} running: convlens {' '.join(step.argv)}")
     tee = sys.stderr if isinstance(sys.stderr, _Tee) else None
@@ -181,8 +181,8 @@ def export_images(dataset: str, data_dir: str | None, folder: Path, *, split: st
     """
     from PIL import Image
 
-    from .data import open_raw
-    from .viz import to_uint8
+    from convlens.images.data import open_raw
+    from convlens.io.viz import to_uint8
 
     raw = open_raw(dataset, split, size=size, data_dir=data_dir)
     classes = list(getattr(raw, "classes", [])) or [str(i) for i in range(1000)]
@@ -229,7 +229,7 @@ def make_synthetic_dataset(root: str | Path, *, classes: int = 3, per_class: int
 
 def _write_summary(out: Path, arch: str, num_classes: int) -> None:
     """RUN/summary/result.json: the architecture table of Fig. 3 (the report cannot build a model)."""
-    from .cli import main
+    from convlens.cli import main
 
     if main(["summary", "--arch", arch, "--num-classes", str(num_classes), "--out", str(out / "summary")]) != 0:
         raise RuntimeError(f"convlens summary failed for {arch}")
@@ -377,7 +377,7 @@ def _prepare_inputs(out: Path, plan: DemoPlan, dataset: str, data_dir: str | Non
     step = Step("inputs", [])
     t0 = time.perf_counter()
     try:
-        from .checkpoint import load_model
+        from convlens.nets.checkpoint import load_model
 
         loaded = load_model(out / "checkpoints" / "last.pt")
         size = loaded.preprocessing.resize
@@ -394,7 +394,7 @@ def _prepare_inputs(out: Path, plan: DemoPlan, dataset: str, data_dir: str | Non
 
 
 def _write_timings(out: Path, result: DemoResult, quick: bool, dataset: str, seconds: float) -> None:
-    from .artifacts import write_result
+    from convlens.io.artifacts import write_result
 
     rows = [[s.name, s.status, f"{s.seconds:.1f}", s.message] for s in result.steps]
     write_result(out / "demo", "demo", title="Demo steps and their times",

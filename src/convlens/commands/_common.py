@@ -8,7 +8,7 @@ Nothing here imports torch at module level: building the CLI (``convlens --help`
 - :func:`add_dataset_args` / :func:`open_dataset_from_args`: ``--dataset``, ``--data-dir``,
   ``--split``, ``--limit`` (always: N images spread evenly over the split, so every class of a
   class-sorted folder is kept; no randomness), ``--batch-size``, ``--workers``.
-- :func:`add_device_arg`: ``--device`` (default ``auto``), resolved by :func:`convlens.device.resolve_device`.
+- :func:`add_device_arg`: ``--device`` (default ``auto``), resolved by :func:`convlens.nets.device.resolve_device`.
 - :func:`add_out_arg`: ``--out`` (a folder; an existing *file* there is refused while parsing).
 - :func:`parse_layers` / :func:`default_layers`: ``--layers`` checked against the model, and
   defaults that fit the model (never ``conv5`` on a model without it).
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from ..data import TransformedDataset
-    from ..loading import Loaded
+    from convlens.images.data import TransformedDataset
+    from convlens.nets.loading import Loaded
 
 __all__ = ["add_dataset_args", "add_device_arg", "add_model_args", "add_out_arg", "default_layers",
            "load_model_from_args", "model_spec", "open_dataset_from_args", "out_dir", "parse_layers",
@@ -62,7 +62,7 @@ def add_model_args(p: argparse.ArgumentParser, *, required: bool = True, multipl
     ``required=False``: the command has its own default model (e.g. a run's last checkpoint).
     ``multiple=True``: ``--checkpoint`` takes several files (ensembles).
     """
-    from ..model_meta import NORMALIZE_HELP
+    from convlens.nets.meta import NORMALIZE_HELP
 
     g = p.add_argument_group("model", "a convlens checkpoint (--checkpoint), or any model spec (--arch) with "
                                       "optional --weights; see 'Model specs' in the README")
@@ -107,8 +107,8 @@ def model_spec(args: argparse.Namespace) -> str | None:
 
 def load_model_from_args(args: argparse.Namespace, device: torch.device | str = "cpu",
                          spec: str | None = None) -> Loaded:
-    """:func:`convlens.loading.load_model` with the model flags (``spec`` overrides the spec they name)."""
-    from ..loading import load_model
+    """:func:`convlens.nets.loading.load_model` with the model flags (``spec`` overrides the spec they name)."""
+    from convlens.nets.loading import load_model
 
     spec = spec if spec is not None else model_spec(args)
     if spec is None:
@@ -173,7 +173,7 @@ def open_dataset_from_args(args: argparse.Namespace, loaded: Loaded, *, mode: st
     Raises:
         ValueError: an empty dataset, or (``check_classes``) more classes than the model has outputs.
     """
-    from ..data import open_dataset
+    from convlens.images.data import open_dataset
 
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
@@ -199,7 +199,7 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
 
 def resolve_device_arg(args: argparse.Namespace) -> torch.device:
     """``--device`` as a ``torch.device`` (ValueError naming the fix when it is not available)."""
-    from ..device import resolve_device
+    from convlens.nets.device import resolve_device
 
     return resolve_device(getattr(args, "device", "auto"))
 
@@ -218,7 +218,7 @@ def parse_layers(text: str | None, loaded: Loaded, *, flag: str = "--layers", de
     Raises:
         ValueError: an empty list or an unknown name (with the closest names).
     """
-    from ..hooks import get_module
+    from convlens.core.capture import get_module
 
     if text is None:
         return default_layers(loaded, default)
@@ -236,10 +236,10 @@ def parse_layers(text: str | None, loaded: Loaded, *, flag: str = "--layers", de
 
 
 def default_layers(loaded: Loaded, count: int | None = None) -> list[str]:
-    """Layers that fit the model: ``convlens.layers.default_layers`` when present, else conv1..conv5 of a
+    """Layers that fit the model: ``convlens.core.layers.default_layers`` when present, else conv1..conv5 of a
     ConvNet, else a few evenly spaced spatial blocks. ``count`` keeps the last ``count`` of them."""
     try:
-        from ..layers import default_layers as library_default  # type: ignore[import-not-found, unused-ignore]
+        from convlens.core.layers import default_layers as library_default  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         library_default = _fallback_default_layers  # type: ignore[assignment, unused-ignore]
     names = list(library_default(loaded.model, loaded.input_size))
@@ -254,7 +254,7 @@ def feature_map_layer(loaded: Loaded, layer: str | None, flag: str = "--layer") 
     """
     import torch
 
-    from ..hooks import record_activations
+    from convlens.core.capture import record_activations
 
     if layer is not None and "," in layer:
         raise ValueError(f"{flag} takes one layer, got {layer!r}")

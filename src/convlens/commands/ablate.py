@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_device_arg, add_out_arg, positive_int
+from convlens.commands._common import add_device_arg, add_out_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,10 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ablate import ablate, random_subsets, variant_arch
-    from ..ablate_figures import plot_errors
-    from ..artifacts import markdown_table, write_result, write_text
-    from ..train import TrainConfig
+    from convlens.io.artifacts import markdown_table, write_result, write_text
+    from convlens.training.ablate import ablate, random_subsets, variant_arch
+    from convlens.training.ablate_figures import plot_errors
+    from convlens.training.recipe import TrainConfig
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not variants:

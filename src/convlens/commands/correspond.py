@@ -3,7 +3,7 @@
 Reads images and a landmarks CSV (columns ``file, eye_imgleft_x/y, eye_imgright_x/y, nose_x/y``
 in original pixels, ``file`` relative to ``--images``), maps the points through the model's
 resize/crop, masks each part with a ``--mask``-pixel grey square and scores the consistency of
-the feature change (see :mod:`convlens.correspondence`). Writes ``result.json`` (kind
+the feature change (see :mod:`convlens.correspondence.analysis`). Writes ``result.json`` (kind
 ``correspond``), ``correspondence.md`` (the Table 1 analog) and ``masked_images.png`` (Fig. 8).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_device_arg, add_model_args, add_out_arg, positive_int
+from convlens.commands._common import add_device_arg, add_model_args, add_out_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,11 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..artifacts import markdown_table, save_png, write_result, write_text
-    from ..correspondence import correspondence_score, face_box, random_masks, square_masks, transform_points
-    from ..data import load_image
-    from ..landmarks import PARTS, masked_images_grid, read_landmarks
-    from ._common import (
+    from convlens.commands._common import (
         default_layers,
         load_image_arg,
         load_model_from_args,
@@ -53,6 +49,16 @@ def run(args: argparse.Namespace) -> int:
         resolve_device_arg,
         run_params,
     )
+    from convlens.correspondence.analysis import (
+        correspondence_score,
+        face_box,
+        random_masks,
+        square_masks,
+        transform_points,
+    )
+    from convlens.correspondence.landmarks import PARTS, masked_images_grid, read_landmarks
+    from convlens.images.data import load_image
+    from convlens.io.artifacts import markdown_table, save_png, write_result, write_text
 
     device = resolve_device_arg(args)
     loaded = load_model_from_args(args, device)

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from convlens.demo import run_demo
 
     result = run_demo(args.out, quick=args.quick, dataset=args.dataset, data_dir=args.data_dir)
     if result.report is None:

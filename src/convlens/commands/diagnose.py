@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ._common import add_dataset_args, add_device_arg, add_model_args, add_out_arg, positive_int
+from convlens.commands._common import add_dataset_args, add_device_arg, add_model_args, add_out_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,11 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..artifacts import markdown_table, write_result, write_text
-    from ..diagnose import comparison_table, diagnose
-    from ..diagnose_figures import diagnosis_figures
-    from ..loading import load_model
-    from ._common import load_model_from_args, model_spec, resolve_device_arg
+    from convlens.commands._common import load_model_from_args, model_spec, resolve_device_arg
+    from convlens.diagnose.analysis import comparison_table, diagnose
+    from convlens.diagnose.figures import diagnosis_figures
+    from convlens.io.artifacts import markdown_table, write_result, write_text
+    from convlens.nets.loading import load_model
 
     device = resolve_device_arg(args)
     if args.compare_weights is not None and args.compare is None:
@@ -91,8 +91,8 @@ def _short(spec: str) -> str:
 
 def _sample(args: argparse.Namespace, loaded: Any) -> Any:
     """The --limit images of the dataset (spread evenly over the split) as one (N, 3, H, W) batch."""
-    from ..data import collate_skip
-    from ._common import open_dataset_from_args
+    from convlens.commands._common import open_dataset_from_args
+    from convlens.images.data import collate_skip
 
     ds = open_dataset_from_args(args, loaded)
     batch = collate_skip([ds[i] for i in range(len(ds))])

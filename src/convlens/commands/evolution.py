@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_dataset_args, add_device_arg, add_out_arg, positive_int
+from convlens.commands._common import add_dataset_args, add_device_arg, add_out_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _epochs(args: argparse.Namespace, available: dict[int, Path]) -> list[int]:
-    from ..evolution import pick_epochs
+    from convlens.evolution.analysis import pick_epochs
 
     if args.epochs is None:
         return pick_epochs(list(available))
@@ -58,12 +58,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from ..checkpoint import load_model
-    from ..data import collate_skip
-    from ..evolution import feature_evolution, find_checkpoints
-    from ..evolution_figures import write_evolution_outputs
-    from ..hooks import capture
-    from ._common import open_dataset_from_args, parse_layers, resolve_device_arg
+    from convlens.commands._common import open_dataset_from_args, parse_layers, resolve_device_arg
+    from convlens.core.capture import capture
+    from convlens.evolution.analysis import feature_evolution, find_checkpoints
+    from convlens.evolution.figures import write_evolution_outputs
+    from convlens.images.data import collate_skip
+    from convlens.nets.checkpoint import load_model
 
     checkpoints = find_checkpoints(args.run)
     epochs = _epochs(args, checkpoints)

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._common import add_device_arg, add_model_args, add_out_arg
+from convlens.commands._common import add_device_arg, add_model_args, add_out_arg
 
 if TYPE_CHECKING:
     import torch
@@ -54,10 +54,10 @@ def _floats(text: str, flag: str) -> list[float]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..artifacts import markdown_table, save_figure, write_result, write_text
-    from ..invariance import invariance_curves, transform_images
-    from ..invariance_figures import example_params, render_invariance
-    from ._common import load_image_arg, load_model_from_args, resolve_device_arg, run_params
+    from convlens.commands._common import load_image_arg, load_model_from_args, resolve_device_arg, run_params
+    from convlens.invariance.analysis import invariance_curves, transform_images
+    from convlens.invariance.figures import example_params, render_invariance
+    from convlens.io.artifacts import markdown_table, save_figure, write_result, write_text
 
     device = resolve_device_arg(args)
     loaded = load_model_from_args(args, device)
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _layers(text: str | None, loaded: Any) -> list[str]:
     """--layers, or conv1,fc7 (the paper's) on a convlens model, else the first and last default layers."""
-    from ._common import default_layers, parse_layers
+    from convlens.commands._common import default_layers, parse_layers
 
     if text is None and hasattr(loaded.model, "layer_names"):
         return parse_layers("conv1,fc7", loaded)

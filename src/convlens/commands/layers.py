@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_model_args, add_out_arg
+from convlens.commands._common import add_model_args, add_out_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..layers import default_layers, list_layers
-    from .summary import _rf, _shape, load_for_listing
+    from convlens.commands.summary import _rf, _shape, load_for_listing
+    from convlens.core.layers import default_layers, list_layers
 
     if args.depth is not None and args.depth < 1:
         raise ValueError(f"--depth must be >= 1 (module path parts), got {args.depth}")
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if hasattr(model, "resolve"):
         print("on this convlens model conv1 ... conv5, fc6, fc7 name the rectified outputs (relu1 ...)")
     if args.out:
-        from ..artifacts import write_result
+        from convlens.io.artifacts import write_result
 
         write_result(args.out, "layers", title=f"{loaded.arch}: layer names",
                      summary=f"{len(infos)} module paths of {loaded.arch} on {size}x{size} inputs; default layers "

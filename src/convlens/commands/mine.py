@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._common import add_dataset_args, add_device_arg, add_model_args, add_out_arg, positive_int
+from convlens.commands._common import add_dataset_args, add_device_arg, add_model_args, add_out_arg, positive_int
 
 
 def maps_arg(text: str) -> int | str:
@@ -67,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from .. import distributed
-    from ..data import collate_skip
-    from ..mining import mine_top_activations
-    from ._common import load_model_from_args, open_dataset_from_args, parse_layers, resolve_device_arg
+    from convlens.commands._common import load_model_from_args, open_dataset_from_args, parse_layers, resolve_device_arg
+    from convlens.images.data import collate_skip
+    from convlens.topk.mining import mine_top_activations
+    from convlens.training import distributed
 
     device = resolve_device_arg(args)
     info = distributed.setup(device)
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                                     progress=True, tie_seed=args.seed, num_classes=len(ds.classes) or None)
         if not info.main:
             return 0
-        from ..artifacts import atomic_write
+        from convlens.io.artifacts import atomic_write
 
         atomic_write(out / "topk.pt", lambda f: torch.save({n: t.to_dict() for n, t in tops.items()}, f), binary=True)
         write_mine_outputs(args, loaded, ds, tops, out)
@@ -106,8 +106,8 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
     import torch
     from tqdm import tqdm
 
-    from ..artifacts import save_png, write_result
-    from ..mined_units import display_class_names, layer_sheets, project_mined
+    from convlens.io.artifacts import save_png, write_result
+    from convlens.topk.units import display_class_names, layer_sheets, project_mined
 
     names = display_class_names(getattr(ds, "classes", []), loaded.class_names)
     gen = torch.Generator().manual_seed(args.seed)
@@ -173,7 +173,7 @@ def _save_class_means(out: Path, tops: dict[str, Any]) -> None:
     """``class_means.npz``: per layer a float32 (maps, classes) array, and ``__counts__`` (classes,) int64."""
     import numpy as np
 
-    from ..artifacts import atomic_write
+    from convlens.io.artifacts import atomic_write
 
     arrays = {n: t.class_means.numpy().astype(np.float32) for n, t in tops.items() if t.class_means is not None}
     counts = next((t.class_counts for t in tops.values() if t.class_counts is not None), None)

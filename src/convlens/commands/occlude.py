@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._common import add_device_arg, add_model_args, add_out_arg, positive_int
+from convlens.commands._common import add_device_arg, add_model_args, add_out_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,10 +55,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..artifacts import markdown_table, save_figure, write_result, write_text
-    from ..occlusion import occlusion_map
-    from ..occlusion_figures import class_name, label_names, label_table, occlusion_projection, render_occlusion
-    from ._common import feature_map_layer, load_image_arg, load_model_from_args, resolve_device_arg, run_params
+    from convlens.commands._common import (
+        feature_map_layer,
+        load_image_arg,
+        load_model_from_args,
+        resolve_device_arg,
+        run_params,
+    )
+    from convlens.io.artifacts import markdown_table, save_figure, write_result, write_text
+    from convlens.occlusion.figures import class_name, label_names, label_table, occlusion_projection, render_occlusion
+    from convlens.occlusion.maps import occlusion_map
 
     device = resolve_device_arg(args)
     loaded = load_model_from_args(args, device)
@@ -71,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                         target=args.label, layer=layer, channel=args.channel, batch_size=args.batch_size,
                         incremental=not args.no_incremental, approximate=_approximation(args))
     seconds = time.perf_counter() - t0
-    from ..rules import resolve_rule
+    from convlens.deconv.rules import resolve_rule
 
     rule, rule_reason = resolve_rule(loaded.model, occ.layer, args.rule)
     proj01, box = occlusion_projection(loaded.model, image, occ, rule)
@@ -108,6 +114,6 @@ def _approximation(args: argparse.Namespace) -> Any:
         raise ValueError("--quality compares the approximate map with the exact one; add --approximate")
     if not args.approximate:
         return False
-    from ..occlusion import Approximation
+    from convlens.occlusion.maps import Approximation
 
     return Approximation(quality=args.quality)

@@ -2,7 +2,7 @@
 (Sec. 2.1, Fig. 1; the panels of Fig. 2 for a single image).
 
 ``--rule auto`` (default) uses the paper's deconvnet where max-pool switches make it follow the
-image and guided backprop elsewhere (:func:`convlens.rules.resolve_rule`); the rule and the reason
+image and guided backprop elsewhere (:func:`convlens.deconv.rules.resolve_rule`); the rule and the reason
 are printed and stored in ``result.json`` (``data.rule``, ``data.rule_reason``).
 
 Writes into ``--out``: ``image.png`` (the input), ``projection.png`` (the strongest unit's
@@ -19,8 +19,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._common import add_device_arg, add_model_args, add_out_arg, positive_int
-from ._lazy import lazy_module
+from convlens.commands._common import add_device_arg, add_model_args, add_out_arg, positive_int
+from convlens.commands._lazy import lazy_module
 
 if TYPE_CHECKING:
     import torch
@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _strongest_channel(model: torch.nn.Module, x: torch.Tensor, layer: str) -> int:
-    from ..hooks import record_activations
+    from convlens.core.capture import record_activations
 
     with torch.no_grad(), record_activations(model, [layer]) as acts:
         model(x)
@@ -69,7 +69,7 @@ def _strongest_channel(model: torch.nn.Module, x: torch.Tensor, layer: str) -> i
 def _crops(proj: Any, image01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per unit: its projection and the image, both cropped to the unit's receptive field and padded
     to one side (K, 3, S, S); the projections contrast-normalized."""
-    from ..viz import crop_box, normalize_for_display, pad_to
+    from convlens.io.viz import crop_box, normalize_for_display, pad_to
 
     boxes = proj.boxes[0].tolist()
     side = max(max(b[2] - b[0], b[3] - b[1]) for b in boxes)
@@ -80,8 +80,8 @@ def _crops(proj: Any, image01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 def _grid(proj: Any, crops: torch.Tensor, patches: torch.Tensor, image: str) -> torch.Tensor:
     """Projections (left) and patches (right), each as a sqrt(K)-wide block, labelled, as in Fig. 2."""
-    from ..fig2 import map_block, value_caption
-    from ..viz import resize_tile
+    from convlens.io.viz import resize_tile
+    from convlens.topk.sheets import map_block, value_caption
 
     tile = max(64, min(128, crops.shape[-1]))
     units = proj.units[0].tolist()
@@ -92,8 +92,8 @@ def _grid(proj: Any, crops: torch.Tensor, patches: torch.Tensor, image: str) -> 
 
 
 def _sanity(model: torch.nn.Module, x: torch.Tensor, proj: Any, args: argparse.Namespace, out: Path) -> dict:
-    from ..artifacts import save_png
-    from ..sanity import sanity_check, sanity_figure
+    from convlens.deconv.sanity import sanity_check, sanity_figure
+    from convlens.io.artifacts import save_png
 
     k = min(proj.units.shape[1], 5)
     sc = sanity_check(model, x, args.layer, proj.units[:, :k], rule=proj.rule, seed=args.seed)
@@ -103,9 +103,9 @@ def _sanity(model: torch.nn.Module, x: torch.Tensor, proj: Any, args: argparse.N
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..artifacts import save_png, write_result
-    from ..deconv import project_topk, resolve_rule
-    from ._common import feature_map_layer, load_image_arg, load_model_from_args, resolve_device_arg
+    from convlens.commands._common import feature_map_layer, load_image_arg, load_model_from_args, resolve_device_arg
+    from convlens.deconv.project import project_topk, resolve_rule
+    from convlens.io.artifacts import save_png, write_result
 
     device = resolve_device_arg(args)
     loaded = load_model_from_args(args, device)
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     image01 = loaded.preprocessing.denormalize(x[0]).cpu()
     proj = type(proj)(proj.images.cpu(), proj.values.cpu(), proj.units.cpu(), proj.boxes.cpu(), proj.layer, proj.rule)
 
-    from ..viz import normalize_for_display
+    from convlens.io.viz import normalize_for_display
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import build_report
+    from convlens.report import build_report
 
     index = build_report(args.run, args.out)
     print(index)

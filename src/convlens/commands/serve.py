@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import add_model_args, load_model_from_args, model_spec
+from convlens.commands._common import add_model_args, load_model_from_args, model_spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if not Path(args.run).is_dir():
         raise NotADirectoryError(f"run directory {args.run!r} does not exist")
-    from ..explorer import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, create_app
-    from ..explorer.server import ServerLimits, allowed_hosts, make_server
+    from convlens.explorer import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, create_app
+    from convlens.explorer.server import ServerLimits, allowed_hosts, make_server
 
     loader, label = _model_loader(args)
     hosts = allowed_hosts(args.host, args.allow_host)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import add_model_args, add_out_arg, positive_int
+from convlens.commands._common import add_model_args, add_out_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def load_for_listing(args: argparse.Namespace) -> Any:
     """The model the flags name (``--arch zfnet`` when none), on the CPU; ``--num-classes`` sizes a fresh one."""
-    from ._common import load_model_from_args, model_spec
+    from convlens.commands._common import load_model_from_args, model_spec
 
     spec = model_spec(args) or "zfnet"
     if getattr(args, "num_classes", None) and args.classes is None:
@@ -45,7 +45,7 @@ def _rf(size: int | None, stride: int | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..layers import list_layers
+    from convlens.core.layers import list_layers
 
     loaded = load_for_listing(args)
     model, size = loaded.model, loaded.input_size
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
               f"{_rf(r.rf_size, r.rf_stride)}")
     print(f"{'total':<{width}} {'':<22} {'':<16} {total:>12,}")
     if args.out:
-        from ..artifacts import write_result
+        from convlens.io.artifacts import write_result
 
         kept = [[r.name, _shape(r.output_shape), f"{r.params:,}", _rf(r.rf_size, r.rf_stride)]
                 for r in rows if not r.name.startswith(skip)]

@@ -1,6 +1,6 @@
 """``convlens train``: the paper's training recipe (Sec. 3) into a run directory.
 
-Flags map one-to-one to :class:`convlens.train.TrainConfig` fields; ``--config FILE.toml`` sets
+Flags map one-to-one to :class:`convlens.training.recipe.TrainConfig` fields; ``--config FILE.toml`` sets
 fields first and flags override it. Under ``torchrun --nproc-per-node N`` it trains with DDP.
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._common import out_dir, positive_int
+from convlens.commands._common import out_dir, positive_int
 
 if TYPE_CHECKING:
-    from ..train import TrainConfig
+    from convlens.training.recipe import TrainConfig
 
 _S = argparse.SUPPRESS  # flags left out do not override --config / the TrainConfig defaults
 
@@ -102,8 +102,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig defaults <- ``--config`` TOML <- explicit flags."""
-    from ..model import get_config
-    from ..train import TrainConfig
+    from convlens.nets.convnet import get_config
+    from convlens.training.recipe import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values: dict[str, Any] = {}
@@ -128,7 +128,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import fit
+    from convlens.training.recipe import fit
 
     cfg = config_from_args(args)
     result = fit(cfg, progress=True, argv=sys.argv[1:])

@@ -3,8 +3,8 @@
 Writes into ``--out``: ``result.json`` (kind ``transfer``), ``transfer.md`` (the tables),
 ``accuracy_vs_n.png`` (Fig. 9 style), ``accuracy_by_layer.png`` (Table 7 style), and
 ``cache/*.npz`` (features per layer, keyed by a hash of model + layer + dataset + preprocessing).
-The protocol lives in :mod:`convlens.transfer`, the cache in :mod:`convlens.feature_cache`, the
-outputs in :mod:`convlens.transfer_report`, the baselines in :mod:`convlens.transfer_baselines`.
+The protocol lives in :mod:`convlens.transfer.probes`, the cache in :mod:`convlens.transfer.feature_cache`, the
+outputs in :mod:`convlens.transfer.report`, the baselines in :mod:`convlens.transfer.baselines`.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._common import add_dataset_args, add_device_arg, add_model_args, add_out_arg, positive_int
+from convlens.commands._common import add_dataset_args, add_device_arg, add_model_args, add_out_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +65,7 @@ def _csv(text: str, name: str, cast: Callable[[str], Any] = str) -> list[Any]:
 
 
 def _check_args(args: argparse.Namespace) -> tuple[list[int], list[str]]:
-    from ..transfer import PROBES
+    from convlens.transfer.probes import PROBES
 
     per_class = _csv(args.per_class, "--per-class", int)
     probes = _csv(args.probe, "--probe")
@@ -79,7 +79,7 @@ def _check_args(args: argparse.Namespace) -> tuple[list[int], list[str]]:
 
 def _layers(args: argparse.Namespace, loaded: Any) -> list[str]:
     """--layers, or conv1..conv5,fc6,fc7 of a convlens model, or the model's default layers."""
-    from ._common import parse_layers
+    from convlens.commands._common import parse_layers
 
     names = getattr(loaded.model, "layer_names", None)
     if args.layers is None and names is not None:
@@ -90,12 +90,18 @@ def _layers(args: argparse.Namespace, loaded: Any) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
-    from ..data import collate_skip
-    from ..feature_cache import cached_features, file_fingerprint
-    from ..transfer import evaluate_probes, extract_features
-    from ..transfer_baselines import contamination_pairs, scratch_baseline
-    from ..transfer_report import protocol_tables, write_transfer_outputs
-    from ._common import load_model_from_args, model_spec, open_dataset_from_args, resolve_device_arg, run_params
+    from convlens.commands._common import (
+        load_model_from_args,
+        model_spec,
+        open_dataset_from_args,
+        resolve_device_arg,
+        run_params,
+    )
+    from convlens.images.data import collate_skip
+    from convlens.transfer.baselines import contamination_pairs, scratch_baseline
+    from convlens.transfer.feature_cache import cached_features, file_fingerprint
+    from convlens.transfer.probes import evaluate_probes, extract_features
+    from convlens.transfer.report import protocol_tables, write_transfer_outputs
 
     per_class, probes = _check_args(args)
     device = resolve_device_arg(args)

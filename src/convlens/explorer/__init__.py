@@ -16,7 +16,7 @@ runs it under waitress (:mod:`convlens.explorer.server`) and binds 127.0.0.1 by 
 """
 from __future__ import annotations
 
-from .app import MAX_UPLOAD_BYTES, create_app
-from .uploads import MAX_UPLOAD_PIXELS, ImageTooLarge, decode_upload
+from convlens.explorer.app import MAX_UPLOAD_BYTES, create_app
+from convlens.explorer.uploads import MAX_UPLOAD_PIXELS, ImageTooLarge, decode_upload
 
 __all__ = ["MAX_UPLOAD_BYTES", "MAX_UPLOAD_PIXELS", "ImageTooLarge", "create_app", "decode_upload"]

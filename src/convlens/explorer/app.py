@@ -17,11 +17,11 @@ from typing import Any
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
-from ..manifest import Result, Run, inside, load_run
-from .jobs import Job, JobQueue, release_memory
-from .runindex import RULE_CHOICES, Mined, index_mine
-from .server import LOCAL_HOSTS, HostAllowlist
-from .uploads import MAX_UPLOAD_PIXELS, ImageTooLarge, decode_upload
+from convlens.explorer.jobs import Job, JobQueue, release_memory
+from convlens.explorer.runindex import RULE_CHOICES, Mined, index_mine
+from convlens.explorer.server import LOCAL_HOSTS, HostAllowlist
+from convlens.explorer.uploads import MAX_UPLOAD_PIXELS, ImageTooLarge, decode_upload
+from convlens.io.manifest import Result, Run, inside, load_run
 
 __all__ = ["MAX_UPLOAD_BYTES", "create_app"]
 
@@ -111,7 +111,7 @@ def _default_loader(root: Path, checkpoint: str | Path | None) -> tuple[ModelLoa
         return None, ""
 
     def load() -> Any:
-        from ..checkpoint import load_model
+        from convlens.nets.checkpoint import load_model
 
         return load_model(path)
 
@@ -126,7 +126,7 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
     Args:
         run_dir: a run directory.
         checkpoint: convlens checkpoint for uploads (default ``run_dir/checkpoints/last.pt``).
-        model: instead of ``checkpoint``, a function returning a :class:`convlens.checkpoint.Loaded`
+        model: instead of ``checkpoint``, a function returning a :class:`convlens.nets.checkpoint.Loaded`
             (any model spec), called once, on the first upload.
         model_label: how to name that model on the pages.
         allowed_hosts: ``Host`` header names answered (others get 400); ``"*"`` allows any.
@@ -259,7 +259,7 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
             abort(404, "no such analysis")
         return jsonify(job.status())
 
-    from .pages import register_pages
+    from convlens.explorer.pages import register_pages
 
     register_pages(app, state)
     return app
@@ -269,7 +269,7 @@ def _submit(state: _State, image: Any, rule: str, name: str) -> Job:
     mined = state.mined()
 
     def work(job: Job) -> Any:
-        from .compute import analyze_image, upload_layers
+        from convlens.explorer.compute import analyze_image, upload_layers
 
         job.progress("loading the model", 0.02)
         loaded = state.model()

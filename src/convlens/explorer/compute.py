@@ -1,11 +1,11 @@
 """On-demand analysis of an uploaded image for the explorer (Sec. 2.1 projections, Sec. 4.2 occlusion).
 
 For each layer (the run's mined layers where the model has them), the maps with the strongest
-activation in the image are projected back to pixels (:func:`convlens.deconv.project_max`) with
+activation in the image are projected back to pixels (:func:`convlens.deconv.project.project_max`) with
 the chosen rule (``auto``: the paper's deconvnet where max-pool switches make it depend on the
 image, guided backprop elsewhere), and the occlusion maps of Fig. 7 (a map's activity, the
 predicted class's probability, the most probable label) are computed with
-:func:`convlens.occlusion.occlusion_map`, each with a colour bar or a label key. Everything comes
+:func:`convlens.occlusion.maps.occlusion_map`, each with a colour bar or a label key. Everything comes
 back as PNG bytes; nothing is written to disk. The occluder is a quarter of the input side, the
 stride an eighth (the paper's 50/224 px window and 8 px stride, scaled).
 """
@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .runindex import RULE_CHOICES
+from convlens.explorer.runindex import RULE_CHOICES
 
 __all__ = ["RULE_CHOICES", "ImageAnalysis", "Panel", "analyze_image", "png_bytes", "resolve_rule", "upload_layers"]
 
@@ -53,7 +53,7 @@ class ImageAnalysis:
 
 def png_bytes(img01: torch.Tensor, min_side: int = 112) -> bytes:
     """(3, H, W) or (H, W) float image in [0, 1] -> PNG bytes, enlarged (nearest) to at least ``min_side``."""
-    from ..viz import to_uint8, upscale_nearest
+    from convlens.io.viz import to_uint8, upscale_nearest
 
     factor = max(1, -(-min_side // int(img01.shape[-1])))
     buf = io.BytesIO()
@@ -62,11 +62,11 @@ def png_bytes(img01: torch.Tensor, min_side: int = 112) -> bytes:
 
 
 def resolve_rule(model: nn.Module, layer: str, rule: str) -> tuple[str, str]:
-    """``rule`` for ``layer`` of ``model`` and why (:func:`convlens.rules.resolve_rule`; ``auto``: the
+    """``rule`` for ``layer`` of ``model`` and why (:func:`convlens.deconv.rules.resolve_rule`; ``auto``: the
     paper's deconvnet where max-pool switches make it follow the image, guided backprop elsewhere)."""
     if rule not in RULE_CHOICES:
         raise ValueError(f"rule must be one of {', '.join(RULE_CHOICES)}, got {rule!r}")
-    from ..rules import resolve_rule as library
+    from convlens.deconv.rules import resolve_rule as library
 
     chosen, reason = library(model, layer, rule)
     return str(chosen), str(reason) if rule == "auto" else "chosen on the upload form"
@@ -87,13 +87,13 @@ def upload_layers(loaded: Any, mined: Sequence[str]) -> list[str]:
             continue
     if ok:
         return ok
-    from ..commands._common import default_layers
+    from convlens.commands._common import default_layers
 
     return default_layers(loaded)
 
 
 def _activations(model: nn.Module, x: torch.Tensor, layers: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    from ..hooks import record_activations
+    from convlens.core.capture import record_activations
 
     with torch.no_grad(), record_activations(model, layers) as acts:
         logits = model(x)
@@ -102,8 +102,8 @@ def _activations(model: nn.Module, x: torch.Tensor, layers: list[str]) -> tuple[
 
 def _projections(model: nn.Module, x: torch.Tensor, acts: dict[str, torch.Tensor], top: int, rule: str,
                  link: Callable[[str, int], str | None], progress: Progress) -> tuple[dict[str, list[Panel]], str]:
-    from ..deconv import project_max
-    from ..viz import normalize_for_display
+    from convlens.deconv.project import project_max
+    from convlens.io.viz import normalize_for_display
 
     out: dict[str, list[Panel]] = {}
     reasons: list[tuple[str, str]] = []
@@ -157,8 +157,8 @@ def _label_map(labels: torch.Tensor, classes: list[str]) -> tuple[torch.Tensor, 
 
 def _occlusion(model: nn.Module, x: torch.Tensor, image01: torch.Tensor, classes: list[str],
                layer: str | None) -> tuple[list[Panel], str]:
-    from ..occlusion import occlusion_map
-    from ..viz import colorize, overlay_heatmap
+    from convlens.io.viz import colorize, overlay_heatmap
+    from convlens.occlusion.maps import occlusion_map
 
     side = int(x.shape[-1])
     window, stride = max(2, side // 4), max(1, side // 8)
@@ -189,7 +189,7 @@ def analyze_image(loaded: Any, image: Image.Image, *, layers: Sequence[str] = ()
     """Projections of the strongest maps per layer and occlusion maps for one image, any CNN.
 
     Args:
-        loaded: a :class:`convlens.checkpoint.Loaded` (model in eval mode + preprocessing).
+        loaded: a :class:`convlens.nets.checkpoint.Loaded` (model in eval mode + preprocessing).
         image: a decoded PIL image (any mode/size; converted to RGB and center-cropped).
         layers: layers to project at (default: :func:`upload_layers` of the model).
         rule: ``auto``, ``deconvnet``, ``guided`` or ``gradient``.

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 from flask import Flask, abort, redirect, render_template, request
 
-from .runindex import SORTS, MapInfo, Mined, MinedLayer
+from convlens.explorer.runindex import SORTS, MapInfo, Mined, MinedLayer
 
 __all__ = ["PER_PAGE", "register_pages"]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..manifest import Result
+from convlens.io.manifest import Result
 
 __all__ = ["RULE_CHOICES", "SORTS", "ClassMeans", "Entry", "MapInfo", "Mined", "MinedLayer", "file_url", "index_mine",
            "url_maker"]

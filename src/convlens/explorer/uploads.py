@@ -1,6 +1,6 @@
 """Decoding uploads under the explorer's pixel cap (413 over it), downscaled early.
 
-Uses the package's one image-decoding policy (:func:`convlens.imaging.open_image`: the pixel cap is
+Uses the package's one image-decoding policy (:func:`convlens.images.decode.open_image`: the pixel cap is
 checked from the header before any pixel is decoded; large JPEGs are decoded at reduced size by
 the decoder itself, other formats reduced right after decoding). The explorer's cap is lower than
 the datasets' default: an upload is one picture shown at the model's input size, and the server
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from ..imaging import ImageTooLarge, open_image
+from convlens.images.decode import ImageTooLarge, open_image
 
 __all__ = ["MAX_UPLOAD_PIXELS", "ImageTooLarge", "decode_upload"]
 

@@ -2,15 +2,15 @@
 
 ``build_report(run_dir)`` writes ``RUN/report/index.html`` plus ``RUN/report/assets/`` (copies of
 the PNGs it shows), so the folder opens from disk with no server and no network. It reads only
-JSON, CSV and PNG files through :mod:`convlens.manifest` and never imports torch.
+JSON, CSV and PNG files through :mod:`convlens.io.manifest` and never imports torch.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from ..manifest import load_run
-from .html import render_page
+from convlens.io.manifest import load_run
+from convlens.report.html import render_page
 
 __all__ = ["build_report"]
 
@@ -30,7 +30,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         >>> index.name
         'index.html'
     """
-    from .. import __version__
+    from convlens import __version__
 
     run = load_run(run_dir)
     folder = Path(out) if out is not None else run.root / "report"

@@ -17,8 +17,8 @@ from string import Template
 from typing import Any
 from urllib.parse import quote
 
-from ..manifest import Result, Run, Table
-from .svg import line_chart
+from convlens.io.manifest import Result, Run, Table
+from convlens.report.svg import line_chart
 
 __all__ = ["SECTIONS", "render_page"]
 

@@ -1,0 +1,2 @@
+"""Architecture diagnostics (Sec. 4.1, Fig. 6): dead filters and aliasing, numerics and figures.
+"""

@@ -1,0 +1,2 @@
+"""Feature evolution during training (Sec. 4, Fig. 4): numerics and figures.
+"""

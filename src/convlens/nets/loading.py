@@ -1,0 +1,431 @@
+"""Any model through one front door: :func:`load_model` reads a *model spec*.
+
+Model specs:
+
+- ``path/to/last.pt``: a convlens checkpoint (written by ``convlens train``),
+- ``torchvision:NAME``: a torchvision classification model (``torchvision:resnet18``),
+- ``timm:NAME``: a timm model (needs the optional extra: ``pip install 'convlens[timm]'``),
+- ``path/to/file.py:factory``: ``factory`` in your own file, a class or a function returning an
+  ``nn.Module``, called without arguments,
+- ``package.module:factory``: the same from an importable module,
+- ``zfnet``, ``zfnet-small:no34`` ...: a convlens architecture with fresh weights.
+
+A spec naming your code *imports and runs that code*, which is what you ask for; never build a
+spec from text that comes over the network.
+
+``weights`` loads a state_dict (``torch.save(model.state_dict(), "w.pt")`` read with
+``weights_only=True``, or a ``.safetensors`` file) into the model; weights that do not fit raise a
+``ValueError`` naming a few missing, unexpected and wrongly shaped keys. For torchvision, timm and
+convlens architectures, the number of classes is taken from the weights' classifier.
+Normalization, input size and class names: see :mod:`convlens.nets.meta` for where they come from.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from convlens.images.data import Preprocessing
+from convlens.nets.meta import (
+    NORMALIZE_PRESETS,
+    MeanStd,
+    Meta,
+    make_preprocessing,
+    parse_normalize,
+    read_classes,
+    read_meta,
+)
+
+__all__ = ["SPEC_HELP", "Loaded", "fit_state_dict", "load_model", "parse_spec", "read_state_dict"]
+
+SPEC_HELP = ("a convlens checkpoint file, torchvision:NAME, timm:NAME, path/to/file.py:factory, "
+             "package.module:factory, or a convlens architecture (zfnet, zfnet-small, ...)")
+WEIGHTS_HELP = ("a state_dict: torch.save(model.state_dict(), 'w.pt') (read with weights_only=True) "
+                "or a .safetensors file")
+_FILE_SPEC = re.compile(r"^(?P<path>.+\.py):(?P<attr>[A-Za-z_][\w.]*)$")
+_MODULE_SPEC = re.compile(r"^(?P<mod>[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*):(?P<attr>[A-Za-z_][\w.]*)$")
+
+
+@dataclass
+class Loaded:
+    """A model ready for analysis (eval mode) with what is needed to feed and read it.
+
+    ``input_size`` is the side of the network input (the preprocessing's center crop).
+    """
+
+    model: nn.Module
+    preprocessing: Preprocessing
+    class_names: list[str]
+    arch: str
+    epoch: int | None = None
+    path: str | None = None
+
+    @property
+    def input_size(self) -> int:
+        return int(self.preprocessing.crop)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed model spec: ``kind`` is checkpoint | torchvision | timm | file | module | convlens."""
+
+    kind: str
+    target: str
+    attr: str = ""
+
+
+def parse_spec(spec: str | Path) -> Spec:
+    """Classify a model spec (see the module docstring) without importing or loading anything.
+
+    Raises:
+        FileNotFoundError: a checkpoint or ``.py`` path that does not exist.
+        ValueError: text that is no model spec.
+    """
+    from convlens.nets.convnet import available_archs
+
+    text = str(spec).strip()
+    if not text:
+        raise ValueError(f"model spec is empty; expected {SPEC_HELP}")
+    for prefix in ("torchvision", "timm"):
+        if text.startswith(prefix + ":"):
+            name = text.split(":", 1)[1].strip()
+            if not name:
+                raise ValueError(f"model spec {text!r}: no model name after '{prefix}:'; e.g. {prefix}:resnet18")
+            return Spec(prefix, name)
+    if Path(text).is_file() and not text.endswith(".py"):
+        return Spec("checkpoint", text)
+    m = _FILE_SPEC.match(text)
+    if m:
+        if not Path(m["path"]).is_file():
+            raise FileNotFoundError(f"model spec {text!r}: no such file {m['path']!r}; expected "
+                                    "path/to/file.py:factory with an existing file")
+        return Spec("file", m["path"], m["attr"])
+    if text.endswith(".py"):
+        raise ValueError(f"model spec {text!r} names a Python file but no factory; write {text}:NAME where NAME "
+                         "is a class or function in it that returns the nn.Module")
+    if text.split(":", 1)[0] in available_archs():
+        return Spec("convlens", text)
+    m = _MODULE_SPEC.match(text)
+    if m:
+        return Spec("module", m["mod"], m["attr"])
+    if "/" in text or "\\" in text or Path(text).suffix:
+        raise FileNotFoundError(f"checkpoint not found: {text!r} (no such file); expected {SPEC_HELP}")
+    close = difflib.get_close_matches(text, available_archs(), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ValueError(f"model spec {text!r} is not known{hint}; expected {SPEC_HELP}")
+
+
+# ----------------------------------------------------------------------------- state dicts
+
+
+def _few(keys: Sequence[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def _unwrap(obj: Any) -> Any:
+    """The state_dict inside common wrappers (a convlens checkpoint, {"state_dict": ...}, DDP prefixes)."""
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict", "model_state_dict"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if isinstance(obj, Mapping) and obj:
+        for prefix in ("module.", "_orig_mod."):
+            if all(isinstance(k, str) and k.startswith(prefix) for k in obj):
+                obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state_dict file (``.safetensors``, or ``torch.load(weights_only=True)`` for anything else).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unreadable, or not a mapping of names to tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights {path}: no such file; expected {WEIGHTS_HELP}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling and format errors come in many types
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"--weights {path}: cannot read it ({detail}); expected {WEIGHTS_HELP}") from None
+    obj = _unwrap(obj)
+    if not isinstance(obj, Mapping) or not obj:
+        raise ValueError(f"--weights {path}: holds {type(obj).__name__}, not a state_dict; expected {WEIGHTS_HELP}")
+    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"--weights {path}: entries that are not tensors ({_few(bad)}); expected {WEIGHTS_HELP}")
+    return dict(obj)
+
+
+def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str, arch: str) -> None:
+    """``model.load_state_dict(state)`` after checking that it fits, with a message that names the misfit.
+
+    Raises:
+        ValueError: missing, unexpected or wrongly shaped keys (a few of each named).
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} in the file vs {tuple(own[k].shape)} in the model"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{len(missing)} missing key(s): {_few(missing)}"] if missing else []
+        parts += [f"{len(unexpected)} unexpected key(s): {_few(unexpected)}"] if unexpected else []
+        parts += [f"{len(shapes)} of the wrong shape: {_few(shapes, 2)}"] if shapes else []
+        foreign = len(missing) + len(unexpected) > 0 and not (set(own) & set(state))
+        fix = ("they come from another architecture: give the spec of the model they were saved from"
+               if foreign else "check that they were saved from this architecture (model.state_dict()) with the "
+               "same number of classes")
+        raise ValueError(f"{source} does not fit {arch}: {'; '.join(parts)}; {fix}")
+    model.load_state_dict(state, strict=False)
+
+
+def _num_classes(state: Mapping[str, torch.Tensor] | None) -> int | None:
+    """Rows of the last 2-D ``*.weight`` (the classifier), or None."""
+    if not state:
+        return None
+    for k in reversed(list(state)):
+        if k.endswith("weight") and state[k].dim() == 2:
+            return int(state[k].shape[0])
+    return None
+
+
+def _outputs(model: nn.Module) -> int | None:
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m.out_features
+    return last
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def _torchvision(name: str, n: int | None) -> nn.Module:
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"did you mean {', '.join('torchvision:' + c for c in close)}?" if close else \
+            "e.g. torchvision:resnet18, torchvision:vgg11, torchvision:mobilenet_v2"
+        raise ValueError(f"unknown torchvision architecture {name!r}: {hint}")
+    kwargs: dict[str, Any] = {"weights": None}
+    if n is not None:
+        kwargs["num_classes"] = n
+    if name in ("googlenet", "inception_v3"):
+        kwargs["aux_logits"] = False
+        kwargs["init_weights"] = True
+    return torchvision.models.get_model(name, **kwargs)
+
+
+def _timm(name: str, n: int | None) -> tuple[nn.Module, MeanStd | None, int | None, int | None]:
+    try:
+        import timm
+    except ImportError:
+        raise ImportError(f"timm:{name} needs the optional timm extra: pip install 'convlens[timm]' "
+                          "(or pip install timm)") from None
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"did you mean {', '.join('timm:' + c for c in close)}?" if close else "see timm.list_models()"
+        raise ValueError(f"unknown timm model {name!r}: {hint}")
+    kwargs: dict[str, Any] = {"num_classes": n} if n is not None else {}
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    norm = None
+    if "mean" in cfg and "std" in cfg and len(cfg["mean"]) == 3:
+        norm = (tuple(cfg["mean"]), tuple(cfg["std"]))
+    size = int(cfg["input_size"][-1]) if cfg.get("input_size") else None
+    resize = round(size / float(cfg["crop_pct"])) if size and cfg.get("crop_pct") else None
+    return model, norm, size, resize  # type: ignore[return-value]
+
+
+def _user_factory(spec: Spec) -> nn.Module:
+    label = f"{spec.target}:{spec.attr}"
+    try:
+        if spec.kind == "file":
+            path = Path(spec.target).resolve()
+            mod_name = f"convlens_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+            module = sys.modules.get(mod_name)
+            if module is None:
+                ispec = importlib.util.spec_from_file_location(mod_name, path)
+                if ispec is None or ispec.loader is None:
+                    raise ValueError(f"model spec {label}: cannot import {path}")
+                module = importlib.util.module_from_spec(ispec)
+                sys.modules[mod_name] = module
+                sys.path.insert(0, str(path.parent))
+                try:
+                    ispec.loader.exec_module(module)
+                except BaseException:
+                    sys.modules.pop(mod_name, None)
+                    raise
+                finally:
+                    sys.path.remove(str(path.parent))
+        else:
+            module = importlib.import_module(spec.target)
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"model spec {label}: cannot import {exc.name!r}; install it or put it on PYTHONPATH "
+                         "(or use path/to/file.py:factory)") from exc
+    except (ValueError, FileNotFoundError):
+        raise
+    except Exception as exc:
+        raise ValueError(f"model spec {label}: importing it failed ({type(exc).__name__}: {exc})") from exc
+    factory: Any = module
+    for part in spec.attr.split("."):
+        factory = getattr(factory, part, None)
+    if factory is None or not callable(factory):
+        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))[:8]
+        raise ValueError(f"model spec {label}: no class or function {spec.attr!r} in {spec.target}; it defines "
+                         f"{', '.join(found) or 'no callables'}")
+    try:
+        model = factory()
+    except TypeError as exc:
+        raise ValueError(f"model spec {label}: calling {spec.attr}() failed ({exc}); the factory must build the "
+                         "model without arguments: wrap it, e.g. def build(): return Net(num_classes=10)") from exc
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model spec {label}: {spec.attr}() returned {type(model).__name__}, expected an nn.Module")
+    return model
+
+
+def _from_checkpoint(path: str) -> tuple[nn.Module, dict[str, Any]]:
+    from convlens.nets.checkpoint import load_checkpoint
+    from convlens.nets.convnet import build_model
+
+    state = load_checkpoint(path)
+    need = ("arch", "model", "preprocessing", "class_names")
+    absent = [k for k in need if k not in state]
+    if absent:
+        raise ValueError(f"checkpoint {path} has no {', '.join(repr(k) for k in absent)} entry; it was not written "
+                         "by convlens or is damaged: re-save it with convlens.nets.checkpoint.save_checkpoint, or load "
+                         "the state_dict with --arch SPEC --weights FILE")
+    model = build_model(str(state["arch"]), num_classes=state.get("num_classes"), in_channels=state.get("in_channels"))
+    sd = state["model"]
+    if not isinstance(sd, Mapping):
+        raise ValueError(f"checkpoint {path}: its 'model' entry is {type(sd).__name__}, not a state_dict")
+    fit_state_dict(model, sd, source=f"checkpoint {path}", arch=str(state["arch"]))
+    return model, state
+
+
+# ----------------------------------------------------------------------------- the front door
+
+
+def load_model(spec: str | Path, *, weights: str | Path | None = None,
+               normalize: str | Sequence[Sequence[float]] | None = None, input_size: int | None = None,
+               classes: str | Path | Sequence[str] | None = None, map_location: str | torch.device = "cpu",
+               tf_padding: bool | None = None) -> Loaded:
+    """Load a model for analysis, in eval mode, with its preprocessing and class names.
+
+    Args:
+        spec: a model spec (see the module docstring).
+        weights: a state_dict file to load into the model.
+        normalize: ``imagenet`` | ``inception`` | ``none`` | ``MEAN:STD`` | ``(mean, std)`` in [0, 1] units.
+        input_size: network input side in pixels.
+        classes: class names: a text file (one per line) or a list.
+        map_location: device to put the model on.
+        tf_padding: TF "SAME" padding for stride-2 convs (default: on when ``meta.json`` beside the weights
+            names a TensorFlow source; see :func:`convlens.nets.checkpoint.use_tf_same_padding`).
+
+    Raises:
+        FileNotFoundError: a missing checkpoint, weights, ``.py`` or classes file.
+        ImportError: ``timm:`` without timm installed.
+        ValueError: an unknown spec or architecture, weights that do not fit, bad normalization or sizes.
+
+    Example:
+        >>> loaded = load_model("torchvision:resnet18", weights="resnet18.pt", normalize="imagenet")
+        >>> x = loaded.preprocessing.load("dog.jpg")[None]
+        >>> loaded.model(x).softmax(1)
+    """
+    from convlens.nets.checkpoint import use_tf_same_padding
+
+    parsed = parse_spec(spec)
+    if input_size is not None and (not isinstance(input_size, int) or input_size < 8):
+        raise ValueError(f"--input-size must be an integer >= 8 (pixels), got {input_size!r}")
+    norm = parse_normalize(normalize) if normalize is not None else None
+    names = read_classes(classes) if classes is not None else None
+    state = read_state_dict(weights) if weights is not None else None
+    n = _num_classes(state) or (len(names) if names else None)
+    own_norm: MeanStd | None = None
+    own_size: int | None = None
+    own_resize: int | None = None
+    own_pre: Preprocessing | None = None
+    own_names: list[str] | None = None
+    epoch = None
+    label = str(spec)
+    if parsed.kind == "checkpoint":
+        model, ckpt = _from_checkpoint(parsed.target)
+        own_pre = Preprocessing.from_dict(ckpt["preprocessing"])
+        own_names, epoch, label = list(ckpt["class_names"]), ckpt.get("epoch"), str(ckpt["arch"])
+    elif parsed.kind == "torchvision":
+        model, label = _torchvision(parsed.target, n), f"torchvision:{parsed.target}"
+    elif parsed.kind == "timm":
+        model, own_norm, own_size, own_resize = _timm(parsed.target, n)
+        label = f"timm:{parsed.target}"
+    elif parsed.kind == "convlens":
+        from convlens.nets.convnet import build_model
+
+        model = build_model(parsed.target, num_classes=n, init="kaiming", seed=0)
+        own_size = model.cfg.input_size
+    else:
+        model = _user_factory(parsed)
+    if state is not None:
+        fit_state_dict(model, state, source=f"--weights {weights}", arch=label)
+    folder = Path(weights).parent if weights is not None else (
+        Path(parsed.target).parent if parsed.kind == "checkpoint" else None)
+    meta = read_meta(folder) if folder is not None else Meta()
+    pre = _preprocessing(own_pre, norm or meta.normalize or own_norm, input_size or meta.input_size or own_size,
+                         meta.resize or own_resize)
+    class_names = names or meta.class_names or own_names
+    outputs = _outputs(model)
+    if class_names is None:
+        class_names = [str(i) for i in range(outputs or 0)]
+    elif names is not None and outputs is not None and len(names) != outputs:
+        raise ValueError(f"--classes has {len(names)} names but {label} has {outputs} outputs; give one name per "
+                         "output, in output order")
+    if tf_padding if tf_padding is not None else meta.tf_padding:
+        use_tf_same_padding(model)
+    model.to(map_location).eval()
+    if input_size is not None and input_size != (own_pre.crop if own_pre is not None else own_size):
+        _check_runs(model, input_size, label)
+    path = str(weights) if weights is not None else (parsed.target if parsed.kind == "checkpoint" else None)
+    return Loaded(model, pre, list(class_names), label, epoch, path)
+
+
+def _check_runs(model: nn.Module, size: int, label: str) -> None:
+    """One forward pass at ``size`` (``--input-size`` given): a model with fixed-size layers fails here, clearly."""
+    p = next(model.parameters(), None)
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=p.device if p is not None else "cpu"))
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()[0][:120]
+        raise ValueError(f"--input-size {size}: {label} cannot run on {size}x{size} inputs ({detail}); give the "
+                         "size it was built for, or leave --input-size out") from None
+
+
+def _preprocessing(own: Preprocessing | None, norm: MeanStd | None, size: int | None,
+                   resize: int | None) -> Preprocessing:
+    if own is not None and norm is None:
+        if size is None or size == own.crop:
+            return own
+        return Preprocessing(resize or round(size * own.resize / own.crop), size, own.mean, own.std, own.scale)
+    return make_preprocessing(norm or NORMALIZE_PRESETS["imagenet"], size or (own.crop if own else 224),
+                              resize if resize or own is None else round((size or own.crop) * own.resize / own.crop))

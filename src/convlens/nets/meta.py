@@ -1,0 +1,178 @@
+"""What a model expects and returns: input normalization, input size, class names.
+
+Each comes, in this order, from
+1. the caller (``--normalize``, ``--input-size``, ``--classes``; the keyword arguments of
+   :func:`convlens.nets.loading.load_model`),
+2. a ``meta.json`` beside the weights file (or the checkpoint), with ``imagenet_classes.txt`` or
+   ``classes.txt`` beside it for the class names,
+3. what the model spec itself carries (a convlens checkpoint's stored preprocessing and class
+   names; a timm model's ``pretrained_cfg``; a convlens architecture's input size),
+4. the defaults: ImageNet normalization, 224 px, class indices as names.
+
+``meta.json`` (every key optional)::
+
+    {"input": {"normalize_mean": [0.5, 0.5, 0.5], "normalize_std": [0.5, 0.5, 0.5],   # [0, 1] units
+               "size": 224, "resize": 256},
+     "classes": ["tench", "goldfish", ...],
+     "source": {"file": "model.tflite"}}     # a .tflite/.pb source turns on TF "SAME" padding
+
+Normalization specs (``--normalize``): ``imagenet`` (torchvision's), ``inception`` (mean = std =
+0.5: pixels to [-1, 1]), ``none`` (pixels in [0, 1]), or ``MEAN:STD`` with one or three
+comma-separated values each in [0, 1] units, e.g. ``0.5:0.5`` or
+``0.485,0.456,0.406:0.229,0.224,0.225``.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # no torch at import time: the CLI reads NORMALIZE_HELP while building its parser
+    from convlens.images.data import Preprocessing
+
+__all__ = ["NORMALIZE_HELP", "NORMALIZE_PRESETS", "MeanStd", "Meta", "make_preprocessing", "parse_normalize",
+           "read_classes", "read_meta"]
+
+MeanStd = tuple[tuple[float, float, float], tuple[float, float, float]]
+
+NORMALIZE_PRESETS: dict[str, MeanStd] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+NORMALIZE_HELP = ("imagenet, inception (mean=std=0.5), none (pixels in [0,1]) or MEAN:STD in [0,1] units, one or "
+                  "three comma-separated values each, e.g. 0.5:0.5 or 0.485,0.456,0.406:0.229,0.224,0.225")
+
+
+def _triple(text: str, what: str, spec: str) -> tuple[float, float, float]:
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--normalize {spec!r}: the {what} must be numbers; expected {NORMALIZE_HELP}") from None
+    if len(vals) == 1:
+        vals = vals * 3
+    if len(vals) != 3:
+        raise ValueError(f"--normalize {spec!r}: the {what} has {len(vals)} values, expected 1 or 3 "
+                         f"(R,G,B); e.g. 0.5:0.5")
+    return vals[0], vals[1], vals[2]
+
+
+def parse_normalize(value: str | Sequence[Sequence[float]]) -> MeanStd:
+    """``imagenet`` | ``inception`` | ``none`` | ``MEAN:STD`` | ``(mean, std)`` -> ((3 means), (3 stds)) in [0, 1].
+
+    Raises:
+        ValueError: anything else, or a non-positive std.
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in NORMALIZE_PRESETS:
+            return NORMALIZE_PRESETS[text]
+        if text.count(":") != 1:
+            raise ValueError(f"--normalize: expected {NORMALIZE_HELP}; got {value!r}")
+        mean_text, std_text = text.split(":")
+        mean, std = _triple(mean_text, "mean", value), _triple(std_text, "std", value)
+    else:
+        try:
+            mean_seq, std_seq = value
+            mean = _triple(",".join(str(float(v)) for v in mean_seq), "mean", str(value))
+            std = _triple(",".join(str(float(v)) for v in std_seq), "std", str(value))
+        except (TypeError, ValueError):
+            raise ValueError(f"normalize: expected a name or (mean, std) with 3 values each, got {value!r}") from None
+    if min(std) <= 0:
+        raise ValueError(f"--normalize {value!r}: every std must be > 0; e.g. 0.5:0.5")
+    return mean, std
+
+
+def read_classes(value: str | Path | Sequence[str]) -> list[str]:
+    """Class names from a list, or a text file with one name per line (``name, synonyms`` keeps ``name``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is empty or not text.
+    """
+    if not isinstance(value, (str, Path)):
+        names = [str(v) for v in value]
+        if not names:
+            raise ValueError("classes: the list of class names is empty")
+        return names
+    path = Path(value)
+    if not path.is_file():
+        raise FileNotFoundError(f"--classes {path}: no such file; expected a text file with one class name per line")
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError:
+        raise ValueError(f"--classes {path}: not a UTF-8 text file; expected one class name per line") from None
+    if not lines:
+        raise ValueError(f"--classes {path} is empty; expected one class name per line")
+    return [ln.split(",")[0].strip() for ln in lines]
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What a ``meta.json`` (and a class-names file) beside the weights says; ``None`` = not given."""
+
+    normalize: MeanStd | None = None
+    input_size: int | None = None
+    resize: int | None = None
+    class_names: list[str] | None = None
+    tf_padding: bool = False
+
+
+def _positive_int(v: object, what: str, path: Path) -> int | None:
+    if v is None or isinstance(v, str):  # absent, or a description for people ("Resize(256) + ...")
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{path}: {what} must be a positive integer, got {v!r}")
+    return v
+
+
+def read_meta(folder: str | Path) -> Meta:
+    """Read ``folder/meta.json`` and ``folder/{imagenet_classes,classes}.txt`` (each optional).
+
+    Raises:
+        ValueError: a ``meta.json`` that is not valid JSON or has wrongly typed entries.
+    """
+    folder = Path(folder)
+    path = folder / "meta.json"
+    info: dict = {}
+    if path.is_file():
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc}); fix or remove it") from None
+        if not isinstance(info, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(info).__name__}")
+    inp = info.get("input", {}) if isinstance(info.get("input", {}), dict) else {}
+    normalize = None
+    if "normalize_mean" in inp and "normalize_std" in inp:
+        try:
+            normalize = parse_normalize((inp["normalize_mean"], inp["normalize_std"]))
+        except ValueError as exc:
+            raise ValueError(f"{path}: input.normalize_mean/std: {exc}") from None
+    names = None
+    if isinstance(info.get("classes"), list) and info["classes"]:
+        names = [str(c) for c in info["classes"]]
+    else:
+        for fname in ("imagenet_classes.txt", "classes.txt"):
+            if (folder / fname).is_file():
+                names = read_classes(folder / fname)
+                break
+    source = info.get("source", {})
+    tf = isinstance(source, dict) and str(source.get("file", "")).endswith((".tflite", ".pb"))
+    return Meta(normalize, _positive_int(inp.get("size"), "input.size", path),
+                _positive_int(inp.get("resize"), "input.resize", path), names, tf)
+
+
+def make_preprocessing(normalize: MeanStd, input_size: int, resize: int | None = None) -> Preprocessing:
+    """Resize the short side to ``resize`` (default ``input_size * 256 / 224``), center-crop ``input_size``,
+    then ``(pixel01 - mean) / std``."""
+    import torch
+
+    from convlens.images.data import Preprocessing
+
+    mean = torch.tensor(normalize[0], dtype=torch.float32).view(3, 1, 1) * 255
+    std = torch.tensor(normalize[1], dtype=torch.float32).view(3, 1, 1) * 255
+    resize = resize or round(input_size * 256 / 224)
+    return Preprocessing(max(resize, input_size), input_size, mean, std)
