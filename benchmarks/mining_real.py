@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from convlens.images.data import collate_skip, open_dataset
 from convlens.io.artifacts import save_png
-from convlens.nets.checkpoint import load_model
+from convlens.nets.loading import load_model
 from convlens.topk.mining import mine_top_activations
 from convlens.topk.units import display_class_names, layer_sheets, project_mined
 

@@ -26,7 +26,7 @@ def log(*a: object) -> None:
 def load(n_images: int) -> tuple[nn.Module, list[torch.Tensor], str]:
     """(model, normalized 224x224 images, description)."""
     if WEIGHTS.exists():
-        from convlens.nets.checkpoint import load_model
+        from convlens.nets.loading import load_model
 
         loaded = load_model("torchvision:mobilenet_v2", weights=WEIGHTS)
         model, what = loaded.model.eval(), "ImageNet weights"

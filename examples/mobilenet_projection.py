@@ -27,7 +27,7 @@ import torch
 from convlens.deconv.project import RULES, _top_units, project_units
 from convlens.io.artifacts import save_png
 from convlens.io.viz import crop_box, make_grid, normalize_for_display, pad_to, upscale_nearest
-from convlens.nets.checkpoint import load_model
+from convlens.nets.loading import load_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 IMAGES = ("n02085620", "n01440764", "n02690373")  # chihuahua, tench, airliner

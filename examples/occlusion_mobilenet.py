@@ -17,7 +17,7 @@ import torch
 
 from convlens.images.data import imagenet_mobilenet_preprocessing
 from convlens.io.artifacts import write_result
-from convlens.nets.checkpoint import load_model
+from convlens.nets.loading import load_model
 from convlens.occlusion.figures import label_table, occlusion_projection, render_occlusion
 from convlens.occlusion.maps import occlusion_map
 

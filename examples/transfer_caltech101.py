@@ -20,7 +20,7 @@ import torch
 import torchvision
 from torchvision import transforms
 
-from convlens.nets.checkpoint import load_model
+from convlens.nets.loading import load_model
 from convlens.transfer import feature_cache
 from convlens.transfer import report as transfer_report
 from convlens.transfer.probes import Features, ProtocolResult, evaluate_probes, extract_features

@@ -70,7 +70,7 @@ def torchvision_run(tmp_path_factory: pytest.TempPathFactory):
 
     from convlens.explorer import create_app
     from convlens.images.data import Preprocessing
-    from convlens.nets.checkpoint import load_model
+    from convlens.nets.loading import load_model
 
     base = tmp_path_factory.mktemp("tv")
     run = make_mined_run(base / "run", input_size=64)

@@ -114,7 +114,8 @@ def test_fashion_mnist_from_debian():
 
 
 def test_checkpoint_roundtrip(tiny_checkpoint):
-    from convlens.nets.checkpoint import load_checkpoint, load_model
+    from convlens.nets.checkpoint import load_checkpoint
+    from convlens.nets.loading import load_model
 
     loaded = load_model(tiny_checkpoint)
     assert loaded.arch == "zfnet-tiny" and loaded.class_names == ["a", "b"] and not loaded.model.training
@@ -123,7 +124,7 @@ def test_checkpoint_roundtrip(tiny_checkpoint):
 
 
 def test_checkpoint_errors(tmp_path):
-    from convlens.nets.checkpoint import load_model
+    from convlens.nets.loading import load_model
 
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_model(tmp_path / "missing.pt")
@@ -147,7 +148,7 @@ def test_limit_spreads_over_classes(tmp_path):
 
 
 def test_tf_same_padding_matches_explicit_pad():
-    from convlens.nets.checkpoint import use_tf_same_padding
+    from convlens.core.padding import use_tf_same_padding
 
     conv = torch.nn.Conv2d(2, 3, 3, stride=2, padding=1)
     x = torch.randn(1, 2, 8, 8)
@@ -159,7 +160,7 @@ def test_tf_same_padding_matches_explicit_pad():
 @pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data" / "models").exists(),
                     reason="../shared/data/models is not present")
 def test_mobilenet_sidecar_preprocessing_classes_and_padding():
-    from convlens.nets.checkpoint import load_model
+    from convlens.nets.loading import load_model
 
     folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "models" / "mobilenet_v2_imagenet"
     loaded = load_model("torchvision:mobilenet_v2", weights=folder / "mobilenet_v2_imagenet.pt")

@@ -105,7 +105,7 @@ def test_cropped_equals_full_image(name, size, layer, rule):
 def test_crops_with_tf_same_padding(rule):
     """convlens's TF "SAME" padding hooks: crops when the image side is a multiple of the layer's
     stride (then exact), full images otherwise; both equal the full-image autograd projection."""
-    from convlens.nets.checkpoint import use_tf_same_padding
+    from convlens.core.padding import use_tf_same_padding
 
     model = use_tf_same_padding(copy.deepcopy(_model("mobilenet_v2")))
     layer = "features.4.conv.3"  # stride 8
@@ -164,8 +164,8 @@ def test_global_operation_means_full_images():
 def test_explicit_way_down_equals_autograd(monkeypatch, name, layer, tf_same, rule, split):
     """The explicit batched way down (full images), with TF "SAME" padding hooks and with the batch
     split into single samples on large maps, equals one autograd backward per unit."""
+    from convlens.core.padding import use_tf_same_padding
     from convlens.deconv import graph_way as _deconv_graph
-    from convlens.nets.checkpoint import use_tf_same_padding
 
     model = copy.deepcopy(_model(name))
     if tf_same:

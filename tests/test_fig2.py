@@ -69,7 +69,7 @@ def test_real_mobilenet_top9_projections_follow_their_images():
     from torch.utils.data import DataLoader
 
     from convlens.images.data import collate_skip, open_dataset
-    from convlens.nets.checkpoint import load_model
+    from convlens.nets.loading import load_model
     from convlens.topk.mining import mine_top_activations
     from convlens.topk.tiles import unit_tiles
 

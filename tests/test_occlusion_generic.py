@@ -187,7 +187,7 @@ def test_tf_same_padding_hooks(mobilenet_v2):
     """convlens's TF "SAME" padding pre-hook (asymmetric padding) is understood; other hooks end the prefix."""
     import copy
 
-    from convlens.nets.checkpoint import use_tf_same_padding
+    from convlens.core.padding import use_tf_same_padding
 
     model = use_tf_same_padding(copy.deepcopy(mobilenet_v2))
     image = torch.randn(3, 48, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -226,7 +226,7 @@ def test_workers_and_inplace_clamps(mobilenet_v2, monkeypatch):
 
 
 def test_trace_is_kept_per_model_until_its_modules_change():
-    from convlens.occlusion.incremental import traced
+    from convlens.core.graph import traced
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=3).eval()

@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 _PUBLIC = {
     # the convnets of the paper (Fig. 3) and any model
     "nets.convnet": ("LAYERS", "ConvNet", "ConvNetConfig", "build_model", "get_config"),
-    "nets.checkpoint": ("load_model", "save_checkpoint"),
+    "nets.loading": ("load_model",),
+    "nets.checkpoint": ("save_checkpoint",),
     # capture, layer names, receptive fields of any model's layers
     "core.capture": ("record_activations", "capture", "parse_unit"),
     "core.layers": ("LayerInfo", "list_layers", "default_layers", "resolve_layers"),

@@ -377,7 +377,7 @@ def _prepare_inputs(out: Path, plan: DemoPlan, dataset: str, data_dir: str | Non
     step = Step("inputs", [])
     t0 = time.perf_counter()
     try:
-        from convlens.nets.checkpoint import load_model
+        from convlens.nets.loading import load_model
 
         loaded = load_model(out / "checkpoints" / "last.pt")
         size = loaded.preprocessing.resize

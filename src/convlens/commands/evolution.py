@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from convlens.evolution.analysis import feature_evolution, find_checkpoints
     from convlens.evolution.figures import write_evolution_outputs
     from convlens.images.data import collate_skip
-    from convlens.nets.checkpoint import load_model
+    from convlens.nets.loading import load_model
 
     checkpoints = find_checkpoints(args.run)
     epochs = _epochs(args, checkpoints)

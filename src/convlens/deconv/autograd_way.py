@@ -5,7 +5,7 @@ what each unit's forward and backward run on:
 
 * **Receptive-field crops.** When every operation up to ``layer`` is local (convolutions, pooling,
   BatchNorm in eval, point-wise activations, residual additions; decided on the ``torch.fx``
-  graph, see :func:`convlens.occlusion.incremental.is_local`), a unit depends only on the input inside its
+  graph, see :func:`convlens.core.graph.is_local`), a unit depends only on the input inside its
   receptive field, so its forward and backward run on a crop around it, batched with the crops of
   other units and images. The crop starts on a multiple of the layer's total stride (every layer's
   sampling grid stays aligned with the full image's) and either at the image border or before the
@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from convlens.core.graph import is_local
 from convlens.core.receptive_field import receptive_fields
 from convlens.deconv import graph_way as _deconv_graph
-from convlens.occlusion.incremental import is_local
 
 CROP_FRACTION = 0.5  # crop when its area is below this share of the image (else full images)
 

@@ -23,8 +23,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from convlens.nets.checkpoint import has_only_same_pad, same_padding
-from convlens.occlusion.incremental import classified, output_node
+from convlens.core.graph import classified, output_node
+from convlens.core.padding import has_only_same_pad, same_padding
 
 _PASS = (nn.Identity, nn.Dropout, nn.Dropout2d)
 _LRN = (nn.LocalResponseNorm, nn.CrossMapLRN2d)

@@ -315,7 +315,7 @@ def _check_generic(model: nn.Module, rule: str) -> None:
         warnings.warn(f"{', '.join(others)} keep their true gradient under rule {rule!r}; only ReLU/ReLU6 modules "
                       "are rectified", stacklevel=5)
     try:
-        from convlens.occlusion.incremental import traced
+        from convlens.core.graph import traced
 
         graph = traced(model).graph  # the trace the generic paths reuse
     except Exception:

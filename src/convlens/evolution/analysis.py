@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from convlens.topk.accumulator import mine_top_activations, unit_tiles
+from convlens.topk.mining import mine_top_activations
+from convlens.topk.tiles import unit_tiles
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def feature_evolution(
         models: ``(epoch, model)`` pairs in training order (a generator can load each checkpoint
             only when needed); each model on its device.
         loader: the dataset to search (``(images, labels, indices)`` batches, see
-            :func:`convlens.topk.accumulator.mine_top_activations`); one pass per checkpoint.
+            :func:`convlens.topk.mining.mine_top_activations`); one pass per checkpoint.
         dataset: the same dataset, indexable (``dataset[i][0]`` is image i), for the projections.
         maps: layer -> channels to follow.
         threshold: correlation level that counts as "stopped changing".

@@ -111,7 +111,7 @@ def _default_loader(root: Path, checkpoint: str | Path | None) -> tuple[ModelLoa
         return None, ""
 
     def load() -> Any:
-        from convlens.nets.checkpoint import load_model
+        from convlens.nets.loading import load_model
 
         return load_model(path)
 

@@ -342,7 +342,7 @@ def load_model(spec: str | Path, *, weights: str | Path | None = None,
         classes: class names: a text file (one per line) or a list.
         map_location: device to put the model on.
         tf_padding: TF "SAME" padding for stride-2 convs (default: on when ``meta.json`` beside the weights
-            names a TensorFlow source; see :func:`convlens.nets.checkpoint.use_tf_same_padding`).
+            names a TensorFlow source; see :func:`convlens.core.padding.use_tf_same_padding`).
 
     Raises:
         FileNotFoundError: a missing checkpoint, weights, ``.py`` or classes file.
@@ -354,7 +354,7 @@ def load_model(spec: str | Path, *, weights: str | Path | None = None,
         >>> x = loaded.preprocessing.load("dog.jpg")[None]
         >>> loaded.model(x).softmax(1)
     """
-    from convlens.nets.checkpoint import use_tf_same_padding
+    from convlens.core.padding import use_tf_same_padding
 
     parsed = parse_spec(spec)
     if input_size is not None and (not isinstance(input_size, int) or input_size < 8):

@@ -30,6 +30,19 @@ PLAIN_BATCH = 8
 WORKERS = 2  # Python threads over occluder batches on the generic incremental path (CPU)
 
 
+def occluded_images(image: Tensor, ys: Tensor, xs: Tensor, window: int, fill: float | Tensor) -> Tensor:
+    """(B, 3, H, W) copies of ``image`` (1, 3, H, W) with a square at each ``(ys[b], xs[b])``."""
+    H, W = image.shape[-2:]
+    ar_y = torch.arange(H, device=image.device)
+    ar_x = torch.arange(W, device=image.device)
+    in_y = (ar_y[None] >= ys[:, None]) & (ar_y[None] < ys[:, None] + window)  # (B, H)
+    in_x = (ar_x[None] >= xs[:, None]) & (ar_x[None] < xs[:, None] + window)  # (B, W)
+    mask = (in_y[:, :, None] & in_x[:, None, :])[:, None]  # (B, 1, H, W)
+    fill_t = torch.as_tensor(fill, dtype=image.dtype, device=image.device).reshape(1, -1, 1, 1)
+    return torch.where(mask, fill_t, image)
+
+
+
 def _in_workers(fn: Callable[[Tensor], Any], items: list[Tensor], workers: int) -> list[Any]:
     """``[fn(item) for item in items]`` in ``inference_mode``; on CPU with ``workers`` > 1, as many
     Python threads, each with its share of torch's threads (restored afterwards). The incremental
@@ -116,8 +129,6 @@ class Engine:
                 return logits, self._activity(value, channel)
         else:
             def run(ys: Tensor, xs: Tensor) -> tuple[Tensor, Tensor]:
-                from convlens.occlusion.maps import occluded_images
-
                 x = occluded_images(self.image, ys, xs, self.window, self.fill)
                 if not isinstance(self.model, ConvNet):
                     x = x.contiguous(memory_format=torch.channels_last)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from convlens.nets.convnet import ConvNet
 from convlens.occlusion.approx import Approximation, drill_down, map_quality, upsample_mean
-from convlens.occlusion.engine import Engine, map_total
+from convlens.occlusion.engine import Engine, map_total, occluded_images
 
 __all__ = ["Approximation", "OcclusionMap", "occluded_images", "occluder_positions", "occlusion_map"]
 
@@ -118,18 +118,6 @@ def _validate(image: Tensor, window: int, stride: int) -> Tensor:
     if stride > window:
         raise ValueError(f"occlusion stride ({stride}) exceeds window ({window}): some pixels would never be occluded")
     return image
-
-
-def occluded_images(image: Tensor, ys: Tensor, xs: Tensor, window: int, fill: float | Tensor) -> Tensor:
-    """(B, 3, H, W) copies of ``image`` (1, 3, H, W) with a square at each ``(ys[b], xs[b])``."""
-    H, W = image.shape[-2:]
-    ar_y = torch.arange(H, device=image.device)
-    ar_x = torch.arange(W, device=image.device)
-    in_y = (ar_y[None] >= ys[:, None]) & (ar_y[None] < ys[:, None] + window)  # (B, H)
-    in_x = (ar_x[None] >= xs[:, None]) & (ar_x[None] < xs[:, None] + window)  # (B, W)
-    mask = (in_y[:, :, None] & in_x[:, None, :])[:, None]  # (B, 1, H, W)
-    fill_t = torch.as_tensor(fill, dtype=image.dtype, device=image.device).reshape(1, -1, 1, 1)
-    return torch.where(mask, fill_t, image)
 
 
 def occlusion_map(

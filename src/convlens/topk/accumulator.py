@@ -4,7 +4,7 @@
 9) strongest activations with their dataset index, class label and position, fed one batch at a
 time. Memory is O(layers x maps x k): activations are reduced per batch and never stored. The pass
 over a dataset (resuming, sharding) is :func:`convlens.topk.mining.mine_top_activations`; the Fig. 2
-tiles are :func:`convlens.topk.tiles.unit_tiles` (both importable from here too).
+tiles are :func:`convlens.topk.tiles.unit_tiles`.
 
 Definitions (what "the top 9" means here, exactly):
 
@@ -325,15 +325,3 @@ class TopKAccumulator:
         self.class_counts = state["class_counts"].clone()
         self._class_sums = {name: s.clone() for name, s in state["class_sums"].items()}
 
-
-def __getattr__(name: str) -> Any:
-    """The mining pass and the tiles moved to :mod:`convlens.topk.mining` and :mod:`convlens.topk.tiles`."""
-    if name in ("ShardSampler", "layer_features", "mine_top_activations"):
-        from convlens.topk import mining
-
-        return getattr(mining, name)
-    if name in ("UnitTiles", "unit_tiles"):
-        from convlens.topk import tiles
-
-        return getattr(tiles, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -170,7 +170,7 @@ def ablate(cfg: object, variants: Sequence[str], *, out: str | Path, datasets: o
 
 
 def _ensemble(cfg: object, runs: list[Path], datasets: object | None) -> dict[str, float] | None:
-    from convlens.nets.checkpoint import load_model
+    from convlens.nets.loading import load_model
     from convlens.training.recipe import evaluate, make_loader, open_run_data
 
     data = datasets if datasets is not None else open_run_data(cfg, None)  # type: ignore[arg-type]

@@ -35,8 +35,8 @@ def scratch_baseline(dataset: str, features: Any, per_class: Sequence[int], *, d
     from torch.utils.data import DataLoader, Subset
 
     from convlens.images.data import Preprocessing, collate_skip, open_dataset
-    from convlens.nets.checkpoint import load_model
     from convlens.nets.convnet import get_config
+    from convlens.nets.loading import load_model
     from convlens.training.recipe import RunData, TrainConfig, fit
     from convlens.transfer.probes import caltech_folds, per_class_accuracy
 
