@@ -47,7 +47,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 def test_two_gloo_processes_match_one_process(tmp_path):
     script = tmp_path / "train_tiny.py"
     script.write_text(SCRIPT)
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     base = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         base.pop(key, None)

@@ -8,7 +8,6 @@ the numbers in its files.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import re
@@ -22,48 +21,14 @@ import pytest
 from PIL import Image
 
 from convlens.cli import main
-from convlens.demo import PLANS, make_synthetic_dataset, run_demo
 from convlens.explorer import MAX_UPLOAD_BYTES, ImageTooLarge, create_app, decode_upload
 from convlens.explorer.jobs import JobQueue
-from convlens.images.data import FASHION_MNIST_DIR
+from demo_run import png_bytes, run_info, shared_run_dir
 from mined_run import make_mined_run
 
 # The shared demo run takes ~1 min of CPU; on a heavily shared machine its wall time can pass the
 # suite's 300 s per-test default, which the first test using it pays for.
 pytestmark = pytest.mark.timeout(900)
-
-
-def shared_run_dir(factory: pytest.TempPathFactory) -> Path:
-    """Build the session's demo run once (the test files share it); ``steps.json`` records how it went."""
-    base = factory.getbasetemp() / "convlens-demo-run"
-    run = base / "run"
-    if not (base / "steps.json").exists():
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        out = io.StringIO()
-        if FASHION_MNIST_DIR.exists():
-            with contextlib.redirect_stdout(out):
-                code = main(["demo", "--quick", "--out", str(run)])
-            how = "demo --quick"
-        else:
-            data = make_synthetic_dataset(base / "data", classes=3, per_class=12, size=36)
-            code = 0 if run_demo(run, plan=PLANS["tiny"], dataset=str(data), echo=print).report else 1
-            how = "tiny plan"
-        info = {"how": how, "code": code, "seconds": round(time.perf_counter() - t0, 1),
-                "cpu_seconds": round(time.process_time() - cpu0, 1), "stdout": out.getvalue()}
-        (base / "steps.json").write_text(json.dumps(info, indent=1))
-    return run
-
-
-def run_info(run: Path) -> dict:
-    return json.loads((run.parent / "steps.json").read_text())
-
-
-def png_bytes(size: tuple[int, int] = (40, 48), color: tuple[int, int, int] = (180, 40, 90)) -> bytes:
-    buf = io.BytesIO()
-    img = Image.new("RGB", size, color)
-    img.paste((20, 200, 60), (8, 8, 24, 30))
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="session")

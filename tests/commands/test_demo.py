@@ -10,7 +10,7 @@ import pytest
 
 from convlens.demo import Step, _argv, _run_step, _subcommands, _Tee, make_synthetic_dataset
 from convlens.images.data import FASHION_MNIST_DIR
-from test_explorer import run_info, shared_run_dir
+from demo_run import run_info, shared_run_dir
 
 # The shared demo run takes ~1 min of CPU; on a heavily shared machine its wall time can pass the
 # suite's 300 s per-test default, which the first test using it pays for.

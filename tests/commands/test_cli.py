@@ -16,7 +16,7 @@ import torch
 
 from convlens.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 FACTORY = '''
 from torch import nn

@@ -157,16 +157,16 @@ def test_tf_same_padding_matches_explicit_pad():
     torch.testing.assert_close(net(x), ref)
 
 
-@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data" / "models").exists(),
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[3] / "shared" / "data" / "models").exists(),
                     reason="../shared/data/models is not present")
 def test_mobilenet_sidecar_preprocessing_classes_and_padding():
     from convlens.nets.loading import load_model
 
-    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "models" / "mobilenet_v2_imagenet"
+    folder = Path(__file__).resolve().parents[3] / "shared" / "data" / "models" / "mobilenet_v2_imagenet"
     loaded = load_model("torchvision:mobilenet_v2", weights=folder / "mobilenet_v2_imagenet.pt")
     assert loaded.class_names[1] == "goldfish" and loaded.preprocessing.mean.flatten().tolist() == [127.5] * 3
     assert loaded.model.features[0][0].padding == (0, 0) and loaded.model.features[0][0]._forward_pre_hooks
-    img = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample" / "n01443537"
+    img = Path(__file__).resolve().parents[3] / "shared" / "data" / "imagenet-sample" / "n01443537"
     x = loaded.preprocessing.load(next(img.iterdir()))[None]
     with torch.no_grad():
         assert loaded.model(x).argmax().item() == 1

@@ -17,7 +17,7 @@ from convlens.deconv.project import RULES, project_max, project_topk, project_un
 from convlens.deconv.sanity import sanity_check
 from convlens.nets.convnet import ConvNet, ConvNetConfig, ConvSpec, PoolSpec, build_model
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is not present")
 
 

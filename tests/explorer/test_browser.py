@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from demo_run import png_bytes, shared_run_dir
 from mined_run import make_mined_run
-from test_explorer import png_bytes, shared_run_dir
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 

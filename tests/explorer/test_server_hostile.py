@@ -26,7 +26,7 @@ from PIL import Image
 
 from conftest import make_image_folder
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 TIMEOUT = 2.0  # the server's --timeout: short, so that the slow-body test is fast
 
 pytestmark = [pytest.mark.timeout(600),
@@ -100,7 +100,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     images = make_image_folder(base / "images")
     ckpt = save_checkpoint(base / "tiny.pt", build_model("zfnet-tiny", num_classes=2, init="kaiming", seed=0),
                            preprocessing=dataset_preprocessing(str(images), crop=32), class_names=["a", "b"], epoch=1)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "convlens", "serve", str(run), "--port", "0", "--checkpoint", str(ckpt),
          "--timeout", str(TIMEOUT), "--queue", "3", "--threads", "8"],
