@@ -35,8 +35,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CONTRAST", "SHARE", "ProjectionView", "contrast_scale", "display_box", "mass_box", "present", "resample",
-           "shade"]
+__all__ = ["CONTRAST", "SHARE", "ProjectionView", "contrast_scale", "display_box", "mass_box", "present", "render",
+           "resample", "shade"]
 
 PERCENTILE = 99.0
 SHARE = 0.8
@@ -154,6 +154,15 @@ def _fit(img: torch.Tensor, size: int, fill: float) -> torch.Tensor:
     y, x = (size - th) // 2, (size - tw) // 2
     out[:, y:y + th, x:x + tw] = resample(img, (th, tw))
     return out
+
+
+def render(projection: torch.Tensor, box: Sequence[int], size: int) -> torch.Tensor:
+    """(3, H, W) projection -> (3, size, size): the ``box`` crop shaded by :data:`CONTRAST` and resampled
+    (a non-square box is centred on grey). For figures that show several projections in one box
+    (e.g. a unit across epochs or randomized weights), each with the one contrast rule."""
+    y0, x0, y1, x1 = (int(v) for v in box)
+    crop = projection.detach().cpu().float()[:, y0:y1, x0:x1]
+    return _fit(shade(crop, contrast_scale(crop)), size, 0.5)
 
 
 @dataclass(frozen=True)
