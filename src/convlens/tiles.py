@@ -28,8 +28,7 @@ class UnitTiles:
 
     Attributes:
         projections: (M, K, 3, S, S) raw projections cropped to each unit's receptive field
-            (input space, 0 where the field reaches outside the image); ``viz.normalize_for_display``
-            shows them as the paper does.
+            (input space, 0 where the field reaches outside the image); ``projview.render`` shows them.
         patches: (M, K, 3, S, S) the image inside the same box (``to_pixels`` space), ``fill`` outside.
         boxes: (M, K, 4) the receptive field ``(y0, x0, y1, x1)``, half-open, clipped to the image.
         values: (M, K) the activation each projection starts from.
