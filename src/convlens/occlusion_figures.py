@@ -56,7 +56,7 @@ def render_occlusion(image01: torch.Tensor, occ: Any, projection01: torch.Tensor
         lo, hi = drawn_range(heat)
         im = a.imshow(heat.cpu().numpy(), cmap="jet", alpha=0.6, vmin=lo, vmax=hi)
         bar = fig.colorbar(im, ax=a, fraction=0.046, pad=0.02)
-        bar.set_label(f"{what} {HOW_DRAWN}", fontsize=7, wrap=True)
+        bar.set_label(f"{what} {HOW_DRAWN}".replace(", ", ",\n"), fontsize=7)
         a.set_title(t, fontsize=9)
     if projection01 is not None:
         ax[2].imshow(projection01.permute(1, 2, 0).cpu().numpy())
