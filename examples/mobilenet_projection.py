@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from convlens.deconv.project import RULES, _top_units, project_units
+from convlens.deconv.view import CONTRAST, contrast_scale, present, render, shade
 from convlens.io.artifacts import save_png
-from convlens.io.viz import crop_box, make_grid, normalize_for_display, pad_to, upscale_nearest
+from convlens.io.viz import make_grid
 from convlens.nets.loading import load_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -62,22 +63,25 @@ def main() -> None:
         projs = {rule: project_units(model, x, args.layer, units, rule=rule) for rule in RULES}
     boxes = projs["deconvnet"].boxes
     pixels = pre.denormalize(x)
-    side = int((boxes[..., 2:] - boxes[..., :2]).max())
+    side = 128
     tiles = []
     for n in range(len(x)):
         for k in range(args.channels):
-            box = boxes[n, k].tolist()
-            tiles.append(pad_to(crop_box(pixels[n], box), side, side))
-            tiles += [pad_to(normalize_for_display(crop_box(projs[r].images[n, k], box)), side, side) for r in RULES]
+            # one box per unit (where the guided projection is), the same for every rule and the patch
+            view = present(projs["guided"].images[n, k], pixels[n], rf_box=boxes[n, k], size=side)
+            box = list(view.display_box)
+            tiles.append(view.patch)
+            tiles += [render(projs[r].images[n, k], box, side) for r in RULES]
             c, yy, xx = units[n, k].tolist()
             print(f"{paths[n].name:<32} channel {c:>3} at ({yy},{xx}) = {float(projs['guided'].values[n, k]):6.2f} "
                   f"box {box}")
     args.out.mkdir(parents=True, exist_ok=True)
     grid = make_grid(torch.stack(tiles), nrow=1 + len(RULES), pad=4)
-    save_png(upscale_nearest(grid, 2) if side < 96 else grid, args.out / "mobilenet_projections.png")
-    full = [pixels[0]] + [normalize_for_display(projs[r].images[0, 0]) for r in RULES]
+    save_png(grid, args.out / "mobilenet_projections.png")
+    full = [pixels[0]] + [shade(projs[r].images[0, 0], contrast_scale(projs[r].images[0, 0])) for r in RULES]
     save_png(make_grid(torch.stack(full), nrow=4, pad=4), args.out / "mobilenet_full.png")
-    print(f"layer {args.layer}: columns = image patch, {', '.join(RULES)}; wrote {args.out}/mobilenet_projections.png "
+    print(f"layer {args.layer}: columns = image patch, {', '.join(RULES)} (each unit's box: where its guided "
+          f"projection is; {CONTRAST}); wrote {args.out}/mobilenet_projections.png "
           f"and mobilenet_full.png")
 
 

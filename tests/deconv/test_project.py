@@ -356,10 +356,14 @@ def test_cli_project_writes_pngs_and_result(tiny_checkpoint, image_folder, tmp_p
     rc = main(["project", "--checkpoint", str(tiny_checkpoint), "--image", str(image), "--layer", "conv2",
                "--top", "4", "--sanity", "--out", str(out)])
     assert rc == 0
-    for name in ("image.png", "projection.png", "projection_rf.png", "patch.png", "grid.png", "sanity.png"):
+    for name in ("image.png", "view.png", "projection.png", "projection_rf.png", "patch.png", "grid.png", "sanity.png"):
         assert (out / name).is_file(), name
     result = json.loads((out / "result.json").read_text())
     assert result["kind"] == "project" and len(result["data"]["units"]) == 4
+    for view, rf in zip(result["data"]["views"], result["data"]["rf_boxes"], strict=True):  # display box inside the RF
+        y0, x0, y1, x1 = view["display_box"]
+        assert view["rf_box"] == rf and rf[0] <= y0 < y1 <= rf[2] and rf[1] <= x0 < x1 <= rf[3]
+    assert "grey = 0" in result["data"]["contrast"]
     assert result["data"]["values"][0] >= result["data"]["values"][-1]
     assert result["data"]["sanity"]["layers"] == ["conv2", "conv1"]
     assert main(["project", "--checkpoint", str(tiny_checkpoint), "--image", str(image), "--top", "0",

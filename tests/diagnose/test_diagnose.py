@@ -143,3 +143,20 @@ def test_diagnose_cli_missing_checkpoint_exits_2(tmp_path: Path, capsys: pytest.
     assert main(["diagnose", "--checkpoint", str(tmp_path / "nope.pt"), "--dataset", str(tmp_path),
                  "--out", str(tmp_path / "o")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_layer2_projection_figure_titles_each_tile(tmp_path) -> None:
+    """The layer-2 figure names each tile's map and activation (values equal the projections' own)."""
+    from convlens.deconv.project import project_max
+    from convlens.diagnose.figures import diagnosis_figures
+
+    model = build_model("zfnet-tiny", seed=0, init="kaiming")
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    d = diagnose(model, images, channels=4)
+    assert d.projection_values is not None and d.projection_boxes is not None
+    direct = project_max(model, images, d.layer_names[1], list(range(4)), rule="deconvnet").values.amax(0)
+    torch.testing.assert_close(d.projection_values, direct)
+    assert (d.projection_values > 0).any()  # live maps were drawn
+    figs = diagnosis_figures(d, "t", tmp_path)
+    entry = next(f for f in figs if f["path"] == "t_layer2_projections.png")
+    assert "grey = 0" in entry["caption"] and (tmp_path / entry["path"]).is_file()

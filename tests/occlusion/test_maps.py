@@ -188,3 +188,20 @@ def test_panel_c_projection_is_drawn(tiny_model):
     proj01, box = occlusion_projection(tiny_model, x, SimpleNamespace(layer="conv5", channel=channel), "deconvnet")
     assert proj01 is not None and box is not None
     assert proj01.shape == (3, 32, 32) and float(proj01.std()) > 0
+
+
+def test_colour_bars_span_exactly_the_drawn_values(tiny_model):
+    """Panels (b) and (d): each colour bar's ends are the min and max of the map drawn, and it says how."""
+    from convlens.occlusion.figures import HOW_DRAWN, render_occlusion
+
+    x = torch.randn(3, 32, 32)
+    occ = occlusion_map(tiny_model, x, window=8, stride=4)
+    fig = render_occlusion(torch.rand(3, 32, 32), occ, None, None, [])
+    bars = [a for a in fig.axes if a.get_label() == "<colorbar>"]
+    assert len(bars) == 2
+    for heat, bar in zip((occ.activity_heatmap, occ.prob_heatmap), bars, strict=True):
+        assert float(heat.max()) > float(heat.min())  # a live map
+        assert bar.get_ylim() == pytest.approx((float(heat.min()), float(heat.max())))
+        assert HOW_DRAWN in bar.get_ylabel().replace(",\n", ", ")
+    # the grid spans more than the drawn per-pixel means: the CLI's summary says which is which
+    assert float(occ.target_prob.max()) >= float(occ.prob_heatmap.max()) - 1e-6

@@ -297,6 +297,11 @@ def test_cli_mine_end_to_end(tmp_path):
     assert (entry["image"].startswith(str(root)) and (out / entry["projection"]).is_file()
             and (out / entry["patch"]).is_file())
     assert [e["rank"] for e in conv5["maps"]["3"]] == [0, 1, 2, 3]
+    for e in conv5["maps"]["3"]:  # the displayed pair, its boxes and the full-size pair for a click-through
+        (y0, x0, y1, x1), (r0, q0, r1, q1) = e["display_box"], e["rf_box"]
+        assert e["rf_box"] == e["box"] and r0 <= y0 < y1 <= r1 and q0 <= x0 < x1 <= q1
+        assert (out / e["projection_full"]).is_file() and (out / e["patch_full"]).is_file()
+        assert e["contrast_scale"] > 0 and 0 < e["mass_share"] <= 1 + 1e-9
     assert conv5["rule"] == "deconvnet" and "pool" in conv5["rule_reason"] and conv5["saturated_maps"] == []
     means = np.load(out / res["data"]["class_means"])
     assert means["conv5"].shape == (12, 2) and means["conv5"].dtype == np.float32

@@ -63,7 +63,14 @@ def run(args: argparse.Namespace) -> int:
         run_params,
     )
     from convlens.io.artifacts import markdown_table, save_figure, write_result, write_text
-    from convlens.occlusion.figures import class_name, label_names, label_table, occlusion_projection, render_occlusion
+    from convlens.occlusion.figures import (
+        class_name,
+        drawn_range,
+        label_names,
+        label_table,
+        occlusion_projection,
+        render_occlusion,
+    )
     from convlens.occlusion.maps import occlusion_map
 
     device = resolve_device_arg(args)
@@ -92,10 +99,13 @@ def run(args: argparse.Namespace) -> int:
     data = occ.to_dict()
     data.update(class_names={str(k): v for k, v in label_names(occ.top_label, names).items()}, seconds=seconds,
                 image=str(args.image), rule=rule, rule_reason=rule_reason)
+    lo, hi = drawn_range(occ.prob_heatmap)
     summary = (f"{occ.window}px grey square, stride {occ.stride}, {occ.target_prob.numel()} positions: "
                f"p({class_name(occ.target, names)}) "
                f"{float(occ.target_prob.min()):.3f}..{float(occ.target_prob.max()):.3f} "
-               f"(clean {float(occ.clean_probs[occ.target]):.3f}); {occ.layer} map {occ.channel}; {seconds:.1f} s")
+               f"(clean {float(occ.clean_probs[occ.target]):.3f}) per occluder position; panel (d) draws, per pixel, "
+               f"the mean over the occluders covering it: {lo:.3f}..{hi:.3f} (its colour bar); "
+               f"{occ.layer} map {occ.channel}; {seconds:.1f} s")
     write_result(args.out, "occlusion", title="Occlusion sensitivity (Fig. 7)", summary=summary,
                  params=run_params(args, loaded),
                  figures=[{"path": "occlusion.png", "caption": summary, "group": Path(args.image).stem}],

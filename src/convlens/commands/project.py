@@ -5,13 +5,17 @@
 image and guided backprop elsewhere (:func:`convlens.deconv.rules.resolve_rule`); the rule and the reason
 are printed and stored in ``result.json`` (``data.rule``, ``data.rule_reason``).
 
-Writes into ``--out``: ``image.png`` (the input), ``projection.png`` (the strongest unit's
-projection, contrast-normalized), ``projection_rf.png`` (the same cropped to the unit's receptive
-field), ``patch.png`` (the image inside that field), ``grid.png`` (all ``--top`` units: cropped
-projections on the left, image patches on the right, strongest first), with ``--sanity`` also
+Every projection is shown the one way of :mod:`convlens.deconv.view`: cropped to the box holding 80%
+of its mass (plus a margin, inside the receptive field) beside the image patch of the same box,
+contrast from the 99th percentile of |value|, resampled smoothly. Writes into ``--out``:
+``image.png`` (the input), ``view.png`` (the strongest unit's projection beside its patch),
+``projection.png`` (that projection on the whole image, same contrast), ``projection_rf.png`` and
+``patch.png`` (projection and image in the unit's whole receptive field, full size), ``grid.png``
+(all ``--top`` units: projections on the left, patches on the right, strongest first), with ``--sanity`` also
 ``sanity.png`` (rows: trained, then each cascading randomization step, labelled with their
 scores, which are also printed) and ``result.json``
-(kind ``project``: units, activation values, boxes, sanity scores).
+(kind ``project``: units, activation values, ``boxes``/``rf_boxes``, ``views`` with each ``display_box``
+and contrast scale, sanity scores).
 """
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ if TYPE_CHECKING:
     import torch
 else:
     torch = lazy_module("torch")
+
+
+VIEW = 128  # displayed side of each projection and patch tile, pixels
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,28 +73,25 @@ def _strongest_channel(model: torch.nn.Module, x: torch.Tensor, layer: str) -> i
     return int((act.flatten(1).amax(1) if act.dim() == 3 else act).argmax())
 
 
-def _crops(proj: Any, image01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per unit: its projection and the image, both cropped to the unit's receptive field and padded
-    to one side (K, 3, S, S); the projections contrast-normalized."""
-    from convlens.io.viz import crop_box, normalize_for_display, pad_to
+def _views(proj: Any, image01: torch.Tensor, size: int) -> list[Any]:
+    """Per unit the one presentation (:func:`convlens.deconv.view.present`): cropped to the projection's
+    mass inside its receptive field, beside the image patch of the same box, robust contrast."""
+    from convlens.deconv.view import present
 
-    boxes = proj.boxes[0].tolist()
-    side = max(max(b[2] - b[0], b[3] - b[1]) for b in boxes)
-    crops = [pad_to(normalize_for_display(crop_box(proj.images[0, k], b)), side, side) for k, b in enumerate(boxes)]
-    patches = [pad_to(crop_box(image01, b), side, side) for b in boxes]
-    return torch.stack(crops), torch.stack(patches)
+    return [present(proj.images[0, k], image01, rf_box=proj.boxes[0, k], size=size)
+            for k in range(proj.images.shape[1])]
 
 
-def _grid(proj: Any, crops: torch.Tensor, patches: torch.Tensor, image: str) -> torch.Tensor:
+def _grid(proj: Any, views: list[Any], image: str) -> torch.Tensor:
     """Projections (left) and patches (right), each as a sqrt(K)-wide block, labelled, as in Fig. 2."""
-    from convlens.io.viz import resize_tile
+    from convlens.deconv.view import CONTRAST
     from convlens.topk.sheets import map_block, value_caption
 
-    tile = max(64, min(128, crops.shape[-1]))
     units = proj.units[0].tolist()
     header = [f"{proj.layer} map {units[0][0]}: top-{len(units)} positions in {image}",
-              f"rule: {proj.rule}; left: projections (activation), right: image patches (y, x)"]
-    return map_block(resize_tile(crops, tile), resize_tile(patches, tile), header,
+              f"rule: {proj.rule}; left: projections (activation), right: image patches (y, x) of the same boxes",
+              f"each cropped to where its projection is; {CONTRAST}"]
+    return map_block(torch.stack([v.shown for v in views]), torch.stack([v.patch for v in views]), header,
                      [value_caption(float(v)) for v in proj.values[0]], [f"({y}, {x})" for _, y, x in units])
 
 
@@ -119,33 +123,41 @@ def run(args: argparse.Namespace) -> int:
     image01 = loaded.preprocessing.denormalize(x[0]).cpu()
     proj = type(proj)(proj.images.cpu(), proj.values.cpu(), proj.units.cpu(), proj.boxes.cpu(), proj.layer, proj.rule)
 
-    from convlens.io.viz import normalize_for_display
+    from convlens.deconv.view import CONTRAST, SHARE, shade
+    from convlens.io.viz import hstack
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    crops, patches = _crops(proj, image01)
-    b = proj.boxes[0, 0].tolist()
+    views = _views(proj, image01, VIEW)
+    best = views[0]
     save_png(image01, out / "image.png")
-    save_png(normalize_for_display(proj.images[0, 0]), out / "projection.png")
-    save_png(normalize_for_display(proj.images[0, 0, :, b[0]:b[2], b[1]:b[3]]), out / "projection_rf.png")
-    save_png(image01[:, b[0]:b[2], b[1]:b[3]], out / "patch.png")
-    save_png(_grid(proj, crops, patches, Path(args.image).name), out / "grid.png")
+    save_png(hstack([best.shown, best.patch], pad=4), out / "view.png")
+    save_png(shade(proj.images[0, 0], best.scale), out / "projection.png")
+    save_png(best.full, out / "projection_rf.png")
+    save_png(best.full_patch, out / "patch.png")
+    save_png(_grid(proj, views, Path(args.image).name), out / "grid.png")
     unit = f"{args.layer}:{channel}"
+    db = list(best.display_box)
     figures = [
         {"path": "grid.png", "group": unit, "caption": f"{unit}: top-{args.top} activations in the image; left: "
-         f"{rule} projections cropped to the receptive field, right: the image patches"},
-        {"path": "projection.png", "group": unit, "caption": f"{unit}: projection of the strongest activation"},
-        {"path": "projection_rf.png", "group": unit, "caption": "the same, cropped to its receptive field"},
-        {"path": "patch.png", "group": unit, "caption": "the image inside that receptive field"},
+         f"{rule} projections cropped to where each is, right: the image patches of the same boxes; {CONTRAST}"},
+        {"path": "view.png", "group": unit, "caption": f"{unit}: the strongest activation's projection beside the "
+         f"image patch of the same box {db} (y0, x0, y1, x1; {best.share:.0%} of its mass); {CONTRAST}"},
+        {"path": "projection.png", "group": unit, "caption": f"{unit}: projection of the strongest activation, "
+         "whole image, same contrast"},
+        {"path": "projection_rf.png", "group": unit, "caption": "the same, in its whole receptive field "
+         f"{list(best.rf_box)}, full size"},
+        {"path": "patch.png", "group": unit, "caption": "the image inside that receptive field, full size"},
         {"path": "image.png", "group": unit, "caption": "input image (center crop)"},
     ]
-    rows = [[k + 1, *proj.units[0, k].tolist(), round(float(proj.values[0, k]), 4), str(proj.boxes[0, k].tolist())]
-            for k in range(proj.units.shape[1])]
-    tables = [{"title": f"{unit}: projected units", "columns": ["rank", "channel", "y", "x", "activation", "box"],
-               "rows": rows}]
+    rows = [[k + 1, *proj.units[0, k].tolist(), round(float(proj.values[0, k]), 4), str(proj.boxes[0, k].tolist()),
+             str(list(views[k].display_box))] for k in range(proj.units.shape[1])]
+    tables = [{"title": f"{unit}: projected units", "columns": ["rank", "channel", "y", "x", "activation",
+                                                              "receptive field box", "display box"], "rows": rows}]
     data: dict[str, Any] = {"layer": args.layer, "channel": channel, "rule": rule, "rule_reason": reason,
                             "rule_requested": args.rule, "image": str(args.image),
-                            "units": proj.units[0], "values": proj.values[0], "boxes": proj.boxes[0]}
+                            "units": proj.units[0], "values": proj.values[0], "boxes": proj.boxes[0],
+                            "rf_boxes": proj.boxes[0], "views": [v.to_dict() for v in views], "contrast": CONTRAST}
     if args.sanity:
         data["sanity"] = s = _sanity(model, x, proj, args, out)
         figures.append({"path": "sanity.png", "group": unit, "caption": "sanity check: trained projections (top "
@@ -162,10 +174,13 @@ def run(args: argparse.Namespace) -> int:
               "image": str(args.image), "layer": args.layer, "channel": channel, "top": args.top, "rule": args.rule,
               "sanity": args.sanity, "seed": args.seed}
     summary = (f"{rule} projections of the {args.top} strongest activations of {unit} in {Path(args.image).name}"
-               f" (strongest {float(proj.values[0, 0]):.3g}), cropped to their receptive fields; rule {rule}: {reason}")
+               f" (strongest {float(proj.values[0, 0]):.3g}), each cropped to the box holding {SHARE:.0%} of its "
+               f"mass; rule {rule}: {reason}")
     write_result(out, "project", title="Deconvnet projections (Sec. 2.1, Fig. 1)", summary=summary, params=params,
                  figures=figures, tables=tables, data=data)
     print(f"{unit}: top-{args.top} activations {', '.join(f'{v:.3g}' for v in proj.values[0].tolist())}")
+    print(f"shown: each projection in the smallest box holding {SHARE:.0%} of its mass plus a margin, beside the same "
+          f"image patch (strongest: {db} of receptive field {list(best.rf_box)}); {CONTRAST}")
     print(f"wrote {out / 'grid.png'} and {out / 'result.json'}")
     return 0
 

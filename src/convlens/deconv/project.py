@@ -79,7 +79,7 @@ class Projection:
     """Projections of N x K units to input space.
 
     Attributes:
-        images: (N, K, 3, H, W) projections (input space; see :func:`convlens.io.viz.normalize_for_display`).
+        images: (N, K, 3, H, W) projections (input space; :func:`convlens.deconv.view.present` shows them).
         values: (N, K) activation of each unit (the seed of its projection).
         units: (N, K, 3) long, (channel, y, x) of each unit ((channel, 0, 0) for fc layers).
         boxes: (N, K, 4) long, the unit's receptive field ``(y0, x0, y1, x1)`` clipped to the image.

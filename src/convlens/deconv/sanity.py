@@ -149,15 +149,17 @@ def sanity_check(
 def sanity_figure(sc: SanityCheck, *, image: int = 0, tile: int = 72) -> torch.Tensor:
     """The check as one labelled (3, H, W) image: one row per model (trained, then each cumulative
     randomization step, labelled with what was re-drawn and its mean Spearman score), one column
-    per unit, each projection cropped to the unit's receptive field and contrast-normalized."""
-    from convlens.io.viz import crop_box, make_grid, normalize_for_display, pad_to, resize_tile, text_block, vstack
+    per unit, each projection shown the one way of :mod:`convlens.deconv.view`, every row of a column
+    in the box where the trained projection is)."""
+    from convlens.deconv.view import CONTRAST, present, render
+    from convlens.io.viz import make_grid, text_block, vstack
 
-    boxes = sc.original.boxes[image].tolist()
-    side = max(max(b[2] - b[0], b[3] - b[1]) for b in boxes)
+    boxes = [present(p, rf_box=b, size=tile).display_box
+             for p, b in zip(sc.original.images[image], sc.original.boxes[image], strict=True)]
 
     def row(maps: torch.Tensor) -> torch.Tensor:
-        tiles = [pad_to(normalize_for_display(crop_box(m, boxes[j])).cpu(), side, side) for j, m in enumerate(maps)]
-        return make_grid(resize_tile(torch.stack(tiles), tile), nrow=len(tiles), pad=2)
+        tiles = [render(m, boxes[j], tile) for j, m in enumerate(maps)]
+        return make_grid(torch.stack(tiles), nrow=len(tiles), pad=2)
 
     rows = [row(sc.original.images[image])] + [row(r[image]) for r in sc.randomized]
     means = [None] + [_mean(s[image]) for s in sc.spearman]
@@ -165,7 +167,8 @@ def sanity_figure(sc: SanityCheck, *, image: int = 0, tile: int = 72) -> torch.T
     width = 230
     parts = [text_block([f"{sc.original.layer}: {sc.original.rule} projections of {sc.original.units.shape[1]} units "
                          "(columns) as the weights are re-drawn from the top down (rows); "
-                         "Spearman = rank correlation of |map| with the trained one (low = depends on the weights)"],
+                         "Spearman = rank correlation of |map| with the trained one (low = depends on the weights); "
+                         f"each column cropped to where the trained projection is; {CONTRAST}"],
                         width + rows[0].shape[-1], size=12, pad=4, wrap=True)]
     for label, mean, r in zip(labels, means, rows, strict=True):
         score = "" if mean is None else f"Spearman {mean:.3f}"

@@ -225,7 +225,9 @@ class Diagnosis:
         active: layer -> (C,) fraction of positive activations; ``dead[layer]`` (C,) bool.
         near_zero: layer -> (C,) bool, filters with RMS < zero_tol * median.
         bands: (C, 3) per-filter low/mid/high energy shares; ``band_mean`` (3,).
-        projections: (K, 3, H, W) layer-2 deconvnet projections; ``aliasing`` (K,) their grid energy.
+        projections: (K, 3, H, W) layer-2 deconvnet projections; ``aliasing`` (K,) their grid energy;
+            ``projection_values`` (K,) the activation each starts from, ``projection_boxes`` (K, 4) its
+            receptive field ``(y0, x0, y1, x1)`` (maps 0..K-1 of layer 2, strongest image each).
         compare: the other model's Diagnosis, when ``diagnose(..., compare=other)``.
     """
 
@@ -248,6 +250,8 @@ class Diagnosis:
     params: dict[str, object] = field(default_factory=dict)
     compare: Diagnosis | None = None
     layer_names: tuple[str, str] = ("conv1", "conv2")
+    projection_values: torch.Tensor | None = None
+    projection_boxes: torch.Tensor | None = None
 
     def metrics(self) -> dict[str, float | int | str | bool]:
         """Flat scalar summary (the rows of :func:`comparison_table`)."""
@@ -279,7 +283,8 @@ class Diagnosis:
         return d
 
 
-def _layer2_projections(model: nn.Module, images: torch.Tensor, channels: int, layer2: str) -> torch.Tensor:
+def _layer2_projections(model: nn.Module, images: torch.Tensor, channels: int,
+                        layer2: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from convlens.deconv.project import project_max  # deferred: deconv imports receptive_field
 
     conv2 = dict(model.named_modules())[layer2]
@@ -288,7 +293,8 @@ def _layer2_projections(model: nn.Module, images: torch.Tensor, channels: int, l
     chans = list(range(min(channels, n_ch)))
     proj = project_max(model, images, layer2, chans, rule="deconvnet")  # (N, K, 3, H, W)
     best = proj.values.argmax(0)  # strongest image of each channel
-    return proj.images[best, torch.arange(len(chans))]  # (K, 3, H, W)
+    k = torch.arange(len(chans))
+    return proj.images[best, k], proj.values[best, k], proj.boxes[best, k]  # (K, 3, H, W), (K,), (K, 4)
 
 
 def diagnose(
@@ -354,7 +360,7 @@ def _diagnose_one(model: nn.Module, images: torch.Tensor, channels: int, thresho
         r = filter_rms(modules[conv].weight.detach().cpu())  # type: ignore[arg-type]
         near_zero[conv] = r < zero_tol * r.median()
     bands = frequency_bands(w1, fft_size=max(32, w1.shape[-1]))
-    proj = _layer2_projections(model, images, channels, convs[1]).cpu()
+    proj, proj_values, proj_boxes = (t.cpu() for t in _layer2_projections(model, images, channels, convs[1]))
     stride = conv1.stride[0]
     h, w = proj.shape[-2:]
     return Diagnosis(
@@ -367,7 +373,7 @@ def _diagnose_one(model: nn.Module, images: torch.Tensor, channels: int, thresho
         aliasing_chance=(stride**2 - 1) / ((h // stride) * (w // stride) * stride**2 - 1),
         params={"channels": channels, "dominance_threshold": threshold, "dead_eps": dead_eps, "zero_tol": zero_tol,
                 "images": len(images)},
-        compare=other, layer_names=(convs[0], convs[1]),
+        compare=other, layer_names=(convs[0], convs[1]), projection_values=proj_values, projection_boxes=proj_boxes,
     )
 
 

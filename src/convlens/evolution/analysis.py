@@ -80,7 +80,7 @@ class Evolution:
         epochs: the checkpoints' epochs (E).
         maps: layer -> (M,) channels.
         projections: layer -> (M, E, 3, S, S) raw deconvnet projection of each map's strongest
-            activation, cropped to its receptive field (``viz.normalize_for_display`` to show).
+            activation, cropped to its receptive field (``projview.render`` to show).
         values: layer -> (M, E) that activation.
         indices: layer -> (M, E) dataset index of the image it came from.
         correlations: layer -> (M, E-1) :func:`pearson` of consecutive projections.

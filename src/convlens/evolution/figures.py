@@ -2,7 +2,6 @@
 (rows = maps, columns = epochs) labelled with the mean correlation of consecutive columns."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ def write_evolution_outputs(evo: Any, out: Path, *, num_images: int, split: str 
                             params: dict[str, Any] | None = None) -> Path:
     """``OUT/<layer>_evolution.png`` per layer and ``OUT/result.json`` (kind ``evolution``) of a
     :class:`convlens.evolution.analysis.FeatureEvolution`."""
+    from convlens.deconv.view import CONTRAST
     from convlens.io.artifacts import save_png, write_result
 
     out.mkdir(parents=True, exist_ok=True)
@@ -25,7 +25,8 @@ def write_evolution_outputs(evo: Any, out: Path, *, num_images: int, split: str 
         figures.append({"path": f"{layer}_evolution.png", "group": layer,
                         "caption": f"{layer}: strongest activation of maps "
                                    f"{', '.join(map(str, evo.maps[layer].tolist()))} "
-                                   f"(rows) at epochs {', '.join(map(str, evo.epochs))} (columns); below: mean "
+                                   f"(rows) at epochs {', '.join(map(str, evo.epochs))} (columns), each in its "
+                                   f"receptive field, {CONTRAST}; below: mean "
                                    f"correlation of consecutive columns; stable (r >= {evo.threshold}) from epoch "
                                    f"{stable if stable is not None else '- (never)'}"})
         rows.append([layer] + [_fmt(v) for v in mean] + [stable if stable is not None else "-"])
@@ -60,12 +61,16 @@ def _fmt(v: float) -> str:
 def evolution_grid(evo: Any, layer: str) -> Any:
     """Rows = maps, columns = epochs; epoch labels on top, mean correlations of neighbours below."""
     import numpy as np
+    import torch
     from PIL import Image, ImageDraw
 
-    from convlens.io.viz import make_grid, normalize_for_display, to_uint8, upscale_nearest
+    from convlens.deconv.view import render
+    from convlens.io.viz import make_grid, to_uint8
 
-    proj = evo.projections[layer]  # (M, E, 3, S, S)
-    tiles = upscale_nearest(normalize_for_display(proj), max(1, math.ceil(48 / proj.shape[-1])))
+    proj = evo.projections[layer]  # (M, E, 3, S, S), each cropped to its receptive field
+    side = max(48, proj.shape[-1])  # same receptive-field box every epoch, so that epochs compare
+    box = (0, 0, proj.shape[-2], proj.shape[-1])
+    tiles = torch.stack([torch.stack([render(p, box, side) for p in maps]) for maps in proj])
     m, e = tiles.shape[:2]
     pad = 4
     grid = make_grid(tiles.reshape(m * e, *tiles.shape[2:]), nrow=e, pad=pad, pad_value=1.0)

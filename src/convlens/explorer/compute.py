@@ -3,7 +3,9 @@
 For each layer (the run's mined layers where the model has them), the maps with the strongest
 activation in the image are projected back to pixels (:func:`convlens.deconv.project.project_max`) with
 the chosen rule (``auto``: the paper's deconvnet where max-pool switches make it depend on the
-image, guided backprop elsewhere), and the occlusion maps of Fig. 7 (a map's activity, the
+image, guided backprop elsewhere) and shown the one way of :mod:`convlens.deconv.view` (cropped to
+where the projection is, beside the image patch of the same box, robust contrast, smooth; the
+full-size pair of the receptive field for a click-through), and the occlusion maps of Fig. 7 (a map's activity, the
 predicted class's probability, the most probable label) are computed with
 :func:`convlens.occlusion.maps.occlusion_map`, each with a colour bar or a label key. Everything comes
 back as PNG bytes; nothing is written to disk. The occluder is a quarter of the input side, the
@@ -29,8 +31,10 @@ Progress = Callable[[str, float], None]
 
 @dataclass(frozen=True)
 class Panel:
-    """One picture: ``bar`` = (css gradient, low, high, what) for a heat map; ``key`` = (colour, name,
-    share) rows for a label map; ``link`` = the unit page of a projected map."""
+    """One picture: ``bar`` = (css gradient, low, high, what) for a heat map, spanning exactly the
+    values drawn; ``key`` = (colour, name, share) rows for a label map; ``link`` = the unit page of
+    a projected map; ``full`` = the full-size picture (a projection's whole receptive field beside
+    its image) and ``view`` its boxes (:meth:`convlens.deconv.view.ProjectionView.to_dict`)."""
 
     title: str
     png: bytes
@@ -38,6 +42,8 @@ class Panel:
     link: str | None = None
     bar: tuple[str, float, float, str] | None = None
     key: tuple[tuple[str, str, float], ...] = ()
+    full: bytes | None = None
+    view: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,10 +106,24 @@ def _activations(model: nn.Module, x: torch.Tensor, layers: list[str]) -> tuple[
     return logits, {k: v.detach() for k, v in acts.items()}
 
 
-def _projections(model: nn.Module, x: torch.Tensor, acts: dict[str, torch.Tensor], top: int, rule: str,
-                 link: Callable[[str, int], str | None], progress: Progress) -> tuple[dict[str, list[Panel]], str]:
+VIEW = 112  # side of each projection and of its patch in an upload's panel, pixels
+
+
+def _projection_panel(proj: Any, k: int, image01: torch.Tensor, title: str, caption: str,
+                      link: str | None) -> Panel:
+    """Projection ``k`` of ``proj`` beside the image patch of the same box (:func:`convlens.deconv.view.present`)."""
+    from convlens.deconv.view import present
+    from convlens.io.viz import hstack
+
+    v = present(proj.images[0, k], image01, rf_box=proj.boxes[0, k], size=VIEW)
+    return Panel(title, png_bytes(hstack([v.shown, v.patch], pad=4)), caption, link,
+                 full=png_bytes(hstack([v.full, v.full_patch], pad=4), min_side=1), view=v.to_dict())
+
+
+def _projections(model: nn.Module, x: torch.Tensor, image01: torch.Tensor, acts: dict[str, torch.Tensor], top: int,
+                 rule: str, link: Callable[[str, int], str | None],
+                 progress: Progress) -> tuple[dict[str, list[Panel]], str]:
     from convlens.deconv.project import project_max
-    from convlens.io.viz import normalize_for_display
 
     out: dict[str, list[Panel]] = {}
     reasons: list[tuple[str, str]] = []
@@ -114,11 +134,11 @@ def _projections(model: nn.Module, x: torch.Tensor, acts: dict[str, torch.Tensor
         reasons.append((layer, f"{chosen}: {reason}"))
         strength = acts[layer][0].flatten(1).amax(1)  # (C,) strongest activation of each map
         values, channels = strength.topk(min(top, strength.numel()))
-        proj = project_max(model, x, layer, channels.tolist(), rule=chosen)
-        shown = normalize_for_display(proj.images[0])  # (K, 3, H, W)
-        out[layer] = [Panel(f"{layer}:{int(c)}", png_bytes(img), f"activation {float(v):.3g} · {chosen}",
-                            link(layer, int(c)))
-                      for img, c, v in zip(shown, channels, values, strict=False)]
+        proj = project_max(model, x, layer, channels.tolist(), rule=chosen)  # images (1, K, 3, H, W)
+        out[layer] = [_projection_panel(proj, k, image01, f"{layer}:{int(c)}",
+                                        f"activation {float(v):.3g} · {chosen} · right: the image in the same box",
+                                        link(layer, int(c)))
+                      for k, (c, v) in enumerate(zip(channels, values, strict=False))]
     grouped: dict[str, list[str]] = {}
     for layer, why in reasons:
         grouped.setdefault(why, []).append(layer)
@@ -164,21 +184,25 @@ def _occlusion(model: nn.Module, x: torch.Tensor, image01: torch.Tensor, classes
     window, stride = max(2, side // 4), max(1, side // 8)
     occ = occlusion_map(model, x[0], window=window, stride=stride, layer=layer)
     name = classes[occ.target] if occ.target < len(classes) else str(occ.target)
-    act = occ.activity_heatmap
+    act, prob = occ.activity_heatmap, occ.prob_heatmap  # (H, W): per pixel, mean over the occluders covering it
     lo, hi = float(act.min()), float(act.max())
+    plo, phi = float(prob.min()), float(prob.max())  # both p panels draw these values, on this one scale
     labels, key = _label_map(occ.label_heatmap, classes)
+    how = "with the occluder covering this pixel, mean over the occluder positions covering it"
+    grid = (f"per occluder position p({name}) spans {float(occ.target_prob.min()):.3g}-"
+            f"{float(occ.target_prob.max()):.3g}; averaging over the positions covering a pixel narrows it")
     panels = [
         Panel(f"{occ.layer} map {occ.channel} activity", png_bytes(colorize(act, vmin=lo, vmax=hi)),
               "total activation of the map that is strongest on the clean image, vs occluder position (Fig. 7b)",
-              bar=_bar("jet", lo, hi, f"summed activation of {occ.layer}:{occ.channel}")),
-        Panel(f"p({name})", png_bytes(colorize(occ.prob_heatmap, vmin=0.0, vmax=1.0)),
-              "probability of the class predicted for the clean image, vs occluder position (Fig. 7d)",
-              bar=_bar("jet", 0.0, 1.0, f"p({name})")),
+              bar=_bar("jet", lo, hi, f"summed activation of {occ.layer}:{occ.channel} {how}")),
+        Panel(f"p({name})", png_bytes(colorize(prob, vmin=plo, vmax=phi)),
+              f"probability of the class predicted for the clean image, vs occluder position (Fig. 7d); {grid}",
+              bar=_bar("jet", plo, phi, f"p({name}) {how}")),
         Panel("most probable label", png_bytes(labels),
               "most probable class vs occluder position (Fig. 7e); colours in the key below", key=key),
-        Panel(f"p({name}) over the image", png_bytes(overlay_heatmap(image01, occ.target_prob, 0.5)),
-              "probability map blended over the input", bar=_bar("jet", float(occ.target_prob.min()),
-                                                                 float(occ.target_prob.max()), f"p({name})")),
+        Panel(f"p({name}) over the image", png_bytes(overlay_heatmap(image01, prob, 0.5, vmin=plo, vmax=phi)),
+              "the same probability map blended over the input, same scale",
+              bar=_bar("jet", plo, phi, f"p({name}) {how}")),
     ]
     return panels, f"occluder {window}x{window} px, stride {stride} px, grey = training mean"
 
@@ -217,10 +241,14 @@ def analyze_image(loaded: Any, image: Image.Image, *, layers: Sequence[str] = ()
     classes = list(loaded.class_names)
     p, idx = probs.topk(min(5, probs.numel()))
     preds = [(classes[i] if i < len(classes) else str(i), float(v)) for v, i in zip(p, idx.tolist(), strict=False)]
-    panels, reasons = _projections(model, x, acts, top, rule, link or (lambda _l, _m: None), report)
+    panels, reasons = _projections(model, x, image01, acts, top, rule, link or (lambda _l, _m: None), report)
     report("occlusion maps (Fig. 7)", 0.75)
     spatial = [n for n in chosen if acts.get(n) is not None and acts[n].dim() == 4]
     occ, note = _occlusion(model, x, image01, classes, spatial[-1] if spatial else None)
     shown_rule = rule if rule != "auto" else "auto"
+    from convlens.deconv.view import CONTRAST, SHARE
+
+    shown = (f"projections: each cropped to the smallest box holding {SHARE:.0%} of its mass (plus a margin, "
+             f"inside its receptive field), beside the image in the same box; {CONTRAST}")
     return ImageAnalysis(Panel("input (center crop)", png_bytes(image01)), preds, shown_rule, reasons,
-                         panels, occ, [note])
+                         panels, occ, [note, shown])

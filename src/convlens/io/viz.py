@@ -113,13 +113,15 @@ def colorize(
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().to(heat.device)
 
 
-def overlay_heatmap(image01: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5, cmap: str = "jet") -> torch.Tensor:
+def overlay_heatmap(image01: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5, cmap: str = "jet", *,
+                    vmin: float | None = None, vmax: float | None = None) -> torch.Tensor:
     """Blend a colorized heat map over an image: ``(1 - alpha) * image + alpha * colorize(heat)``.
 
     Args:
         image01: (3, H, W) image in [0, 1].
         heat: (h, w) map, upsampled bilinearly to (H, W) (e.g. an occlusion map).
         alpha: weight of the heat map.
+        vmin, vmax: the values at the colormap's ends (default: the upsampled map's min and max).
 
     Returns:
         (3, H, W) tensor in [0, 1].
@@ -132,7 +134,7 @@ def overlay_heatmap(image01: torch.Tensor, heat: torch.Tensor, alpha: float = 0.
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     H, W = image01.shape[-2:]
     up = F.interpolate(heat.detach().double()[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
-    color = colorize(up, cmap).to(image01.device, image01.dtype)
+    color = colorize(up, cmap, vmin=vmin, vmax=vmax).to(image01.device, image01.dtype)
     return ((1 - alpha) * image01.detach() + alpha * color).clamp(0, 1)
 
 

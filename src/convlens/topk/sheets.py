@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from convlens.io.viz import hstack, make_grid, normalize_for_display, resize_tile, text_block, vstack
+from convlens.io.viz import hstack, make_grid, text_block, vstack
 
 __all__ = ["display_tiles", "fig2_sheets", "map_block", "short_class_name", "value_caption"]
 
@@ -24,16 +24,16 @@ MAPS_PER_SHEET = 16
 MAPS_PER_ROW = 4
 
 
-DISPLAY_PERCENTILE = 99.5
-
-
 def display_tiles(projections: torch.Tensor, patches: torch.Tensor, tile: int = TILE) -> tuple[torch.Tensor,
                                                                                                 torch.Tensor]:
-    """Raw (..., 3, S, S) projections and patches -> contrast-normalized (the paper's way, centred on
-    grey, but scaled at the 99.5th percentile of |value| rather than the maximum, so that sparse
-    guided-backprop maps stay visible) and resized to ``tile`` pixels (nearest up, area down)."""
-    shown = normalize_for_display(projections, percentile=DISPLAY_PERCENTILE)
-    return resize_tile(shown, tile), resize_tile(patches.clamp(0, 1), tile)
+    """Raw (..., 3, S, S) projections and patches (already cut to one box each) -> display-ready
+    ``tile``-pixel tiles with the one contrast rule of :mod:`convlens.deconv.view` (grey = 0, ±p99
+    |value| of each tile), resampled smoothly. (:func:`convlens.deconv.view.present` also finds the box.)"""
+    from convlens.deconv.view import contrast_scale, resample, shade
+
+    flat = projections.reshape(-1, *projections.shape[-3:])
+    shown = torch.stack([shade(p, contrast_scale(p)) for p in flat]).reshape(projections.shape)
+    return resample(shown, tile), resample(patches.clamp(0, 1).float(), tile)
 
 
 def short_class_name(name: str) -> str:

@@ -2,11 +2,17 @@
 
 :func:`project_mined` takes one layer's :class:`~convlens.topk.accumulator.TopActivations` and, map chunk by
 map chunk, re-loads the top-k images by dataset index, projects their units in batched passes
-(:func:`convlens.topk.tiles.unit_tiles`), and writes per unit two PNGs and per map one JSON file::
+(:func:`convlens.topk.tiles.unit_tiles`), and writes per unit four PNGs and per map one JSON file::
 
-    OUT/units/<layer>/<map>_<rank>_proj.png    projection cropped to the unit's receptive field
-    OUT/units/<layer>/<map>_<rank>_patch.png   the image inside the same box
-    OUT/units/<layer>/<map>.json               {"layer", "map", "rule", "saturated", "entries": [...]}
+    OUT/units/<layer>/<map>_<rank>_proj.png        projection as displayed (:mod:`convlens.deconv.view`:
+                                                   cropped to its mass, robust contrast, resampled smoothly)
+    OUT/units/<layer>/<map>_<rank>_patch.png       the image inside the same (display) box
+    OUT/units/<layer>/<map>_<rank>_proj_full.png   the projection in the whole receptive field, full size
+    OUT/units/<layer>/<map>_<rank>_patch_full.png  the image inside the receptive field, full size
+    OUT/units/<layer>/<map>.json                   {"layer", "map", "rule", "saturated", "contrast", "entries"}
+
+Each entry records ``box``/``rf_box`` (the receptive field), ``display_box`` (what the displayed
+pair shows), ``mass_share`` (the projection's mass inside it) and ``contrast_scale``.
 
 Memory is bounded by one chunk (``chunk_maps`` maps x k units), whatever the dataset or layer
 size. A map's JSON is written (atomically) after its PNGs, so it marks the map as done: a stopped
@@ -28,13 +34,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from convlens.deconv.view import CONTRAST, resample, shade
 from convlens.io.artifacts import atomic_write, save_png
+from convlens.io.viz import upscale_nearest
 from convlens.topk.accumulator import TopActivations
-from convlens.topk.sheets import display_tiles, fig2_sheets, map_block, short_class_name, value_caption
+from convlens.topk.sheets import fig2_sheets, map_block, short_class_name, value_caption
 
 __all__ = ["MinedUnits", "display_class_names", "layer_sheets", "project_mined"]
 
 _WNID = re.compile(r"^n\d{8}$")
+VIEW = 104  # side of the displayed projection and patch PNGs, pixels (the explorer's unit page)
 
 
 def display_class_names(dataset_classes: Sequence[str], model_classes: Sequence[str]) -> list[str]:
@@ -83,11 +92,12 @@ def map_entries(top: TopActivations, m: int, class_names: Sequence[str], describ
             "class": class_names[label] if 0 <= label < len(class_names) else "",
             "y": int(top.positions[m, r, 0]), "x": int(top.positions[m, r, 1]),
             "projection": f"{rel}/{m}_{r}_proj.png", "patch": f"{rel}/{m}_{r}_patch.png",
+            "projection_full": f"{rel}/{m}_{r}_proj_full.png", "patch_full": f"{rel}/{m}_{r}_patch_full.png",
         }
         if top.ceiling is not None:
             e["saturated"] = e["value"] >= top.ceiling
         if boxes is not None:
-            e["box"] = [int(v) for v in boxes[r]]
+            e["box"] = e["rf_box"] = [int(v) for v in boxes[r]]
         out.append(e)
     return out
 
@@ -101,7 +111,8 @@ def _done(path: Path, entries: list[dict[str, Any]], rule: str) -> list[dict[str
     old = saved.get("entries") or []
     same = saved.get("rule") == rule and [(e["index"], e["y"], e["x"]) for e in old] == \
         [(e["index"], e["y"], e["x"]) for e in entries]
-    if not same or not all((path.parent.parent.parent / e["projection"]).is_file() for e in old):
+    root = path.parent.parent.parent
+    if not same or not all("display_box" in e and (root / e["projection"]).is_file() for e in old):
         return None
     return old
 
@@ -119,6 +130,7 @@ def project_mined(
     chunk_maps: int = 4,
     batch: int = 8,
     min_side: int = 48,
+    view: int = VIEW,
     progress: Any = None,
 ) -> MinedUnits:
     """Project and save every top-k unit of ``maps`` (default: all maps of the layer), resumably.
@@ -135,7 +147,9 @@ def project_mined(
         chunk_maps: maps per chunk (memory bound: chunk_maps x k projections at a time).
         batch: units per :func:`convlens.deconv.project.project_units` call (each unit's image goes through
             the network with gradients: about 100 MB per unit for MobileNetV2 at 224 px on the generic path).
-        min_side: PNG tiles smaller than this are enlarged (nearest neighbour).
+        min_side: full-size PNGs of fields smaller than this are enlarged (integer factor, nearest
+            neighbour, so that each input pixel stays a visible square).
+        view: side in pixels of the displayed pair (the size the explorer shows them at).
         progress: a ``tqdm`` bar advanced by one per unit (projected or found done).
 
     Example:
@@ -170,20 +184,27 @@ def project_mined(
         with warnings.catch_warnings(record=True) as caught:  # the rule's notes, once per layer, not per call
             warnings.simplefilter("always")
             tiles = unit_tiles(model, dataset, top, part, to_pixels=to_pixels, chunk=batch, rule=rule,
-                               progress=None if progress is None else progress.update)
+                               progress=None if progress is None else progress.update, view=view)
         for w in caught:
             notes.setdefault(str(w.message), w.category)
+        assert tiles.shown is not None and tiles.shown_patches is not None and tiles.display_boxes is not None
+        assert tiles.scales is not None and tiles.shares is not None
         factor = max(1, -(-min_side // tiles.projections.shape[-1]))
-        proj, patch = display_tiles(tiles.projections, tiles.patches, tiles.projections.shape[-1] * factor)
         for i, m in enumerate(part):
             fresh = map_entries(top, m, class_names, describe, tiles.boxes[i])
             for r, e in enumerate(fresh):
-                save_png(proj[i, r], out / e["projection"])
-                save_png(patch[i, r], out / e["patch"])
-            doc = {"layer": top.layer, "map": m, "rule": rule, "saturated": bool(saturated[m]), "entries": fresh}
+                scale = float(tiles.scales[i, r])
+                e.update(display_box=[int(v) for v in tiles.display_boxes[i, r]], contrast_scale=scale,
+                         mass_share=round(float(tiles.shares[i, r]), 4))
+                save_png(tiles.shown[i, r], out / e["projection"])
+                save_png(tiles.shown_patches[i, r], out / e["patch"])
+                save_png(upscale_nearest(shade(tiles.projections[i, r], scale), factor), out / e["projection_full"])
+                save_png(upscale_nearest(tiles.patches[i, r].clamp(0, 1), factor), out / e["patch_full"])
+            doc = {"layer": top.layer, "map": m, "rule": rule, "saturated": bool(saturated[m]), "contrast": CONTRAST,
+                   "entries": fresh}
             _write_json(folder / f"{m}.json", doc)
             entries[m] = fresh
-        del tiles, proj, patch
+        del tiles
     for text, category in notes.items():
         warnings.warn(text, category, stacklevel=2)
     return MinedUnits(top.layer, rule, reason, {m: entries[m] for m in maps}, len(maps) - len(todo))
@@ -213,21 +234,19 @@ def layer_sheets(out: str | Path, layer: str, entries: dict[int, list[dict[str, 
     """Labelled Fig. 2 sheets of ``maps`` from the PNGs :func:`project_mined` wrote: per map a
     header (layer, map, rule), its projections captioned with activations (and pre-clip values),
     its patches captioned with class names; ``maps_per_sheet`` maps per sheet."""
-    from convlens.io.viz import resize_tile
-
     out = Path(out)
     sat = set(saturated)
     blocks = []
     for m in maps:
         es = entries[m]
-        proj = torch.stack([resize_tile(_read_png(out / e["projection"]), tile) for e in es])
-        patch = torch.stack([resize_tile(_read_png(out / e["patch"]), tile) for e in es])
+        proj = torch.stack([resample(_read_png(out / e["projection"]), tile) for e in es])
+        patch = torch.stack([resample(_read_png(out / e["patch"]), tile) for e in es])
         head = f"{layer} map {m}" + (" (saturated)" if m in sat else "")
         blocks.append(map_block(proj, patch, [head], [value_caption(e["value"], e.get("score")) for e in es],
                                 [short_class_name(e.get("class") or "") or f"#{e['index']}" for e in es]))
     k = max(len(entries[m]) for m in maps)
     clip = " (pre-clip value in brackets where the unit saturates)" if sat else ""
     lines = [title or f"{layer}: top-{k} activations per map, rule {rule}",
-             f"left: projections, captioned with the activation{clip}; right: the image patches, captioned with "
-             "the image's class"]
+             f"left: projections, captioned with the activation{clip}; right: the image patches of the same "
+             f"boxes, captioned with the image's class; each cropped to where its projection is; {CONTRAST}"]
     return fig2_sheets(blocks, lines, maps_per_sheet=maps_per_sheet, per_row=per_row)
