@@ -177,7 +177,7 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
                              f"maps with all top-{args.k} at the clip"],
                  "rows": rows}],
         data={"layers": layers_data, "skipped": first.num_skipped, "images": first.num_images,
-              "class_names": names, "class_means": "class_means.npz"},
+              "class_names": names, "class_means": "class_means.npz", "input_size": loaded.input_size},
     )
 
 

@@ -258,7 +258,7 @@ def _map_info(m: int, raw: Any, urls: Any, names: list[str], ceiling: float | No
 def saturation_share(entries: Sequence[Entry], ceiling: float | None) -> float:
     """Share of the top-k that saturates: at the clip's ``ceiling`` when the layer clips; otherwise
     the entries tied at the top value with at least one *other* image (a continuous layer's
-    strongest entry is not tied with itself: 0 unless distinct images reach the same value)."""
+    strongest entry is not tied with itself: 0 unless distinct images reach the same positive value)."""
     values = [(e.value, e.image) for e in entries if math.isfinite(e.value)]
     if not values:
         return 0.0
@@ -266,7 +266,7 @@ def saturation_share(entries: Sequence[Entry], ceiling: float | None) -> float:
         return sum(1 for v, _ in values if v >= ceiling) / len(values)
     peak = max(v for v, _ in values)
     tied = [img for v, img in values if v == peak]
-    return len(tied) / len(values) if len(set(tied)) > 1 else 0.0
+    return len(tied) / len(values) if peak > 0 and len(set(tied)) > 1 else 0.0  # a dead map (all 0) is not saturated
 
 
 def _load_class_means(path: Path, names: list[str], layers: dict[str, MinedLayer],
