@@ -143,6 +143,8 @@ def project_maps(source: MinedSource, layer: str, maps: Sequence[int], *, rule: 
         if list(images) != found:
             raise ValueError(f"the data set this run was mined on has changed since (map {m} of {layer} lists other "
                              "images); mine it again to see its projections")
+    k = int(top.values.shape[1])
     done = project_mined(source.loaded.model, source.dataset, top, source.out, maps=list(maps), rule=rule,
-                         to_pixels=source.loaded.preprocessing.denormalize, class_names=source.class_names)
+                         to_pixels=source.loaded.preprocessing.denormalize, class_names=source.class_names,
+                         batch=k)  # a map's k units in one batched pass
     return done.entries

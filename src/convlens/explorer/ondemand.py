@@ -86,10 +86,11 @@ class Projector:
             patch = file_url(self.root, mined.result.dir, str(row.get("patch", "")))
             if proj is None or patch is None or not (mined.result.dir / str(row["projection"])).is_file():
                 return None
-            box = row.get("box")
-            merged.append(dataclasses.replace(e, projection=proj, patch=patch,
-                                              box=tuple(int(v) for v in box) if isinstance(box, list) and len(box) == 4
-                                              else e.box))
+            box, raw = e.box, row.get("box")
+            if isinstance(raw, list) and len(raw) == 4:
+                y0, x0, y1, x1 = (int(v) for v in raw)
+                box = (y0, x0, y1, x1)
+            merged.append(dataclasses.replace(e, projection=proj, patch=patch, box=box))
         return dataclasses.replace(mi, entries=tuple(merged))
 
     def shown(self, mined: Mined, layer: str, mi: MapInfo) -> MapInfo:
@@ -109,9 +110,9 @@ class Projector:
         from .._lock import lock_output
         from ..mined_record import project_maps
 
-        hit = self.shown(mined, layer, mi)
-        if hit.thumb is not None:
-            return hit, False
+        shown = self.shown(mined, layer, mi)
+        if shown.thumb is not None:
+            return shown, False
         ml = mined.layers[layer]
         with self.compute_lock:
             hit = self.cached(mined, layer, mi)  # a concurrent request may have made them meanwhile

@@ -231,7 +231,7 @@ def register_pages(app: Flask, state: Any) -> None:
                        "current convlens")
         rows = [{"c": c, "name": cm.name(c), "n": int(cm.counts[c])} for c in range(cm.num_classes)]
         return render_template("classes.html", rows=rows, layers=[n for n in mined.layers if n in cm.layers],
-                               mined_classes=sum(1 for r in rows if r["n"] > 0))
+                               mined_classes=cm.mined_classes)
 
     @app.route("/class/<int:c>")
     def class_page(c: int) -> str:
