@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import add_model_args, load_model_from_args, model_spec
+from ._common import add_device_arg, add_model_args, load_model_from_args, model_spec, resolve_device_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="uploads queued or being analysed at most; more get 503 (default 4)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse uploads with more pixels (413); default 16000000")
+    add_device_arg(p)  # where the mined run's model projects maps on demand
     p.set_defaults(func=run)
 
 
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     hosts = allowed_hosts(args.host, args.allow_host)
     app = create_app(args.run, model=loader, model_label=label, allowed_hosts=hosts,
                      max_pixels=args.max_pixels or MAX_UPLOAD_PIXELS, queue=args.queue, keep=max(32, args.queue),
-                     preload=True)
+                     preload=True, device=str(resolve_device_arg(args)))
     limits = ServerLimits(threads=args.threads, timeout=args.timeout, max_body=MAX_UPLOAD_BYTES + 256 * 1024)
     server = make_server(app, args.host, args.port, limits)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -137,7 +137,7 @@ def _record_loader(state: _State) -> tuple[ModelLoader | None, str]:
 def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, model: ModelLoader | None = None,
                model_label: str = "", allowed_hosts: Sequence[str] = LOCAL_HOSTS,
                max_pixels: int = MAX_UPLOAD_PIXELS, workers: int = 1, queue: int = 4, keep: int = 32,
-               preload: bool = False) -> Flask:
+               preload: bool = False, device: str = "cpu") -> Flask:
     """The explorer's Flask app for ``run_dir`` (use ``app.test_client()`` in tests).
 
     Args:
@@ -152,6 +152,7 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
             and results kept in memory for their links.
         preload: open the mined run's model in the background now, so that the first unit page
             needing projections on demand (:mod:`convlens.explorer.ondemand`) does not wait for it.
+        device: where that model computes (projections on demand, and uploads when it serves them).
 
     Without ``checkpoint``/``model`` and without ``run_dir/checkpoints/last.pt``, uploads use the
     model the run's ``mine`` recorded (``params.source`` of its ``result.json``).
@@ -170,7 +171,7 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
     loader, label = ((model, model_label or "the given model") if model is not None
                      else _default_loader(root, checkpoint))
     state = _State(root, loader, label, max_pixels, JobQueue(workers=workers, capacity=queue, keep=keep))
-    state.projector = Projector(state.root, state.mined)
+    state.projector = Projector(state.root, state.mined, device)
     state.shared_model = loader is None
     if loader is None:
         state.loader, state.model_label = _record_loader(state)

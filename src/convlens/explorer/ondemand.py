@@ -34,10 +34,11 @@ class Projector:
     Args:
         root: the run folder the explorer serves.
         mined: returns the run's current :class:`~convlens.explorer.runindex.Mined` (or None).
+        device: where the model computes (``cuda`` makes a first view several times faster).
     """
 
-    def __init__(self, root: Path, mined: Callable[[], Mined | None]) -> None:
-        self.root, self._mined = root, mined
+    def __init__(self, root: Path, mined: Callable[[], Mined | None], device: str = "cpu") -> None:
+        self.root, self._mined, self.device = root, mined, device
         self.compute_lock = threading.Lock()  # one projection at a time; also guards the shared model
         self._open_lock = threading.Lock()
         self._source: Any = None
@@ -53,7 +54,7 @@ class Projector:
                 if mined is None:
                     raise ValueError("this run has no mined feature maps")
                 t = time.perf_counter()
-                self._source = open_mined(mined.result.dir, mined.result.params)
+                self._source = open_mined(mined.result.dir, mined.result.params, device=self.device)
                 log.info("opened %s for projections on demand in %.1f s", self._source.loaded.arch,
                          time.perf_counter() - t)
             return self._source
