@@ -84,7 +84,10 @@ def test_browse_real_run_layer_map_topk(client, tiny_run: Path) -> None:
     maps = re.findall(r'href="(/layer/conv5/map/[^"]+)"', page.get_data(as_text=True))
     mined = json.loads((tiny_run / "mine" / "result.json").read_text())["data"]["layers"]["conv5"]["maps"]
     assert len(maps) == len(mined) >= 1
-    detail = client.get(maps[0]).get_data(as_text=True)
+    # a map mine projected (the demo projects its figure's maps; the others are projected on first view)
+    projected = [m for m, entries in mined.items() if entries and "projection" in entries[0]]
+    assert projected
+    detail = client.get(f"/layer/conv5/map/{projected[0]}").get_data(as_text=True)
     projections = re.findall(r'<img class="proj" src="([^"]+)"', detail)
     patches = re.findall(r'<img class="patch" src="([^"]+)"', detail)
     assert len(projections) == len(patches) == 9

@@ -1,7 +1,8 @@
 """``convlens mine``: top-9 activations of every feature map over a dataset, projected (Fig. 2).
 
 Two passes, each with a progress bar: mining (one streaming pass over the dataset, resumable:
-``OUT/mine.state``) and projecting (every map's top-k by default, ``--project all``; per map chunk,
+``OUT/mine.state``) and projecting (every map's top-k by default, ``--project all``; ``grid``: the figures' maps only;
+``none``: nothing, the explorer projects a map when its page is first opened; per map chunk,
 the top-k images are re-read by dataset index; resumable: finished maps are skipped). The rule is
 ``--rule auto`` by default: the paper's deconvnet where max-pool switches make it follow the image,
 guided backprop elsewhere (printed per layer, with the reason, and stored in ``result.json``).
@@ -55,8 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="maps per layer shown in the figures: N (random, seeded) or all (default 16)")
     p.add_argument("--maps-per-sheet", type=positive_int, default=16,
                    help="maps per figure sheet (4 per row; default 16, about 1700 px wide)")
-    p.add_argument("--project", choices=["all", "grid"], default="all",
-                   help="project every map's top-k (per-unit PNGs for the explorer; default) or only the figures'")
+    p.add_argument("--project", choices=["all", "grid", "none"], default="all",
+                   help="project every map's top-k (per-unit PNGs for the explorer; default), only the figures' "
+                        "maps, or none (fastest: no figures; the explorer projects a map when its page is opened)")
     p.add_argument("--save-every", type=positive_int, default=50, help="save resumable state every N batches")
     add_device_arg(p)
     add_out_arg(p)
@@ -107,7 +109,8 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
     from tqdm import tqdm
 
     from convlens.io.artifacts import save_png, write_result
-    from convlens.topk.units import display_class_names, layer_sheets, project_mined
+    from convlens.topk.record import mine_source
+    from convlens.topk.units import display_class_names, layer_sheets, map_entries, project_mined
 
     names = display_class_names(getattr(ds, "classes", []), loaded.class_names)
     gen = torch.Generator().manual_seed(args.seed)
@@ -117,12 +120,15 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
         pick = range(c) if args.maps == "all" else torch.randperm(c, generator=gen)[:min(args.maps, c)].tolist()
         shown[layer] = sorted(pick)
     k = next(iter(tops.values())).values.shape[1]
-    total = sum((t.values.shape[0] if args.project == "all" else len(shown[n])) * k for n, t in tops.items())
+    todo = {n: list(range(t.values.shape[0])) if args.project == "all" else shown[n] if args.project == "grid" else []
+            for n, t in tops.items()}
+    total = sum(len(maps) * k for maps in todo.values())
+    describe = getattr(ds, "describe", None)
     figures, rows, layers_data = [], [], {}
     with tqdm(total=total, unit="unit", desc="projecting", dynamic_ncols=True) as bar:
         for layer, top in tops.items():
             c = top.values.shape[0]
-            maps = list(range(c)) if args.project == "all" else shown[layer]
+            maps = todo[layer]
             done = project_mined(loaded.model, ds, top, out, maps=maps, rule=args.rule,
                                  to_pixels=loaded.preprocessing.denormalize, class_names=names, progress=bar)
             sat = [int(m) for m in torch.nonzero(top.saturated).flatten().tolist()]
@@ -130,7 +136,7 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
                       f"{top.ceiling:g}: ranked by their pre-clip value" if top.ceiling is not None else "")
                       + (f"; {done.reused} maps already done" if done.reused else ""))
             sheets = layer_sheets(out, layer, done.entries, shown[layer], rule=done.rule, saturated=sat,
-                                  maps_per_sheet=args.maps_per_sheet)
+                                  maps_per_sheet=args.maps_per_sheet) if args.project != "none" else []
             for i, sheet in enumerate(sheets):
                 path = f"{layer}_grid.png" if i == 0 else f"{layer}_grid_{i + 1}.png"
                 save_png(sheet, out / path)
@@ -138,7 +144,9 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
                 figures.append({"path": path, "group": layer,
                                 "caption": f"{layer}: top-{k} activations of maps {', '.join(map(str, part))}; left: "
                                            f"{done.rule} projections (activation), right: image patches (class)"})
-            entries = {str(m): done.entries[m] for m in maps}  # the projected maps (all by default)
+            # every map: the projected ones with their PNG paths, the others without (projected on demand)
+            entries = {str(m): done.entries[m] if m in done.entries
+                       else map_entries(top, m, names, describe, paths=False) for m in range(c)}
             all_k = int((top.values >= top.ceiling).all(1).sum()) if top.ceiling is not None else 0
             rows.append([layer, c, done.rule, f"{float(top.values[:, 0].mean()):.4g}",
                          f"{float(top.values[:, -1].mean()):.4g}", int((top.values[:, 0] <= 0).sum()), len(sat), all_k])
@@ -157,7 +165,11 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
         params={"checkpoint": args.checkpoint, "arch": args.arch or loaded.arch, "weights": args.weights,
                 "dataset": args.dataset, "split": args.split, "layers": list(tops), "k": args.k,
                 "per_image": args.per_image, "maps": args.maps, "limit": args.limit, "seed": args.seed,
-                "project": args.project, "rule": args.rule},
+                "project": args.project, "rule": args.rule,
+                "source": mine_source(checkpoint=args.checkpoint, arch=args.arch, weights=args.weights,
+                                      normalize=args.normalize, input_size=args.input_size, classes=args.classes,
+                                      dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+                                      limit=args.limit)},
         figures=figures,
         tables=[{"title": "Mined activations per layer",
                  "columns": ["layer", "maps", "rule", "mean top-1 value", f"mean top-{args.k} value",
@@ -165,7 +177,7 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
                              f"maps with all top-{args.k} at the clip"],
                  "rows": rows}],
         data={"layers": layers_data, "skipped": first.num_skipped, "images": first.num_images,
-              "class_names": names, "class_means": "class_means.npz"},
+              "class_names": names, "class_means": "class_means.npz", "input_size": loaded.input_size},
     )
 
 

@@ -1,11 +1,22 @@
-"""``convlens serve RUN``: the local web explorer of a run, under waitress (binds 127.0.0.1 by default)."""
+"""``convlens serve RUN``: the local web explorer of a run, under waitress (binds 127.0.0.1 by default).
+
+``RUN`` alone is enough: the model for uploads and for projecting maps ``mine`` did not project is
+the one the run's ``mine`` recorded (``params.source`` in its ``result.json``), opened once, in the
+background, when the server starts; ``--checkpoint``/``--arch`` give uploads another model.
+"""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 from typing import Any
 
-from convlens.commands._common import add_model_args, load_model_from_args, model_spec
+from convlens.commands._common import (
+    add_device_arg,
+    add_model_args,
+    load_model_from_args,
+    model_spec,
+    resolve_device_arg,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
-    add_model_args(p, required=False)  # the model for uploads (default RUN/checkpoints/last.pt)
+    add_model_args(p, required=False)  # uploads' model (default: RUN/checkpoints/last.pt, else the one mine recorded)
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also answer requests whose Host header is NAME (repeatable; '*' answers any: only behind "
                         "a proxy that checks it). Default: localhost names and the bound address")
@@ -30,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="uploads queued or being analysed at most; more get 503 (default 4)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse uploads with more pixels (413); default 16000000")
+    add_device_arg(p)  # where the mined run's model projects maps on demand
     p.set_defaults(func=run)
 
 
@@ -70,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     loader, label = _model_loader(args)
     hosts = allowed_hosts(args.host, args.allow_host)
     app = create_app(args.run, model=loader, model_label=label, allowed_hosts=hosts,
-                     max_pixels=args.max_pixels or MAX_UPLOAD_PIXELS, queue=args.queue, keep=max(32, args.queue))
+                     max_pixels=args.max_pixels or MAX_UPLOAD_PIXELS, queue=args.queue, keep=max(32, args.queue),
+                     preload=True, device=str(resolve_device_arg(args)))
     limits = ServerLimits(threads=args.threads, timeout=args.timeout, max_body=MAX_UPLOAD_BYTES + 256 * 1024)
     server = make_server(app, args.host, args.port, limits)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -9,6 +9,8 @@ result is there; a full queue gets ``503`` with a text saying so.
 from __future__ import annotations
 
 import base64
+import contextlib
+import math
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +20,7 @@ from flask import Flask, Response, abort, jsonify, redirect, render_template, re
 from werkzeug.exceptions import HTTPException
 
 from convlens.explorer.jobs import Job, JobQueue, release_memory
+from convlens.explorer.ondemand import Projector
 from convlens.explorer.runindex import RULE_CHOICES, Mined, index_mine
 from convlens.explorer.server import LOCAL_HOSTS, HostAllowlist
 from convlens.explorer.uploads import MAX_UPLOAD_PIXELS, ImageTooLarge, decode_upload
@@ -43,6 +46,8 @@ class _State:
         self.decode_slots = threading.BoundedSemaphore(2)  # decoded uploads in memory at once
         self._loaded: Any = None
         self._cache: tuple[tuple[float, ...], Run, Mined | None] | None = None
+        self.projector: Projector
+        self.shared_model = False  # the model is the projector's: uploads and projections take turns
 
     def _stamp(self) -> tuple[float, ...]:
         files = sorted(self.root.glob("*/result.json")) + sorted(self.root.glob("*/*/result.json"))
@@ -118,9 +123,21 @@ def _default_loader(root: Path, checkpoint: str | Path | None) -> tuple[ModelLoa
     return load, path.name
 
 
+def _record_loader(state: _State) -> tuple[ModelLoader | None, str]:
+    """The model the run's ``mine`` recorded (shared with the projections on demand), and its label."""
+    mined = state.mined()
+    src = mined.result.params.get("source") if mined is not None else None
+    if not isinstance(src, dict) or not (src.get("checkpoint") or src.get("arch")):
+        return None, ""
+    name = Path(str(src.get("weights") or src.get("checkpoint") or "")).name
+    label = str(src.get("arch") or "") + (f" with {name}" if name and src.get("arch") else name)
+    return (lambda: state.projector.source().loaded), f"{label} (the model this run was mined with)"
+
+
 def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, model: ModelLoader | None = None,
                model_label: str = "", allowed_hosts: Sequence[str] = LOCAL_HOSTS,
-               max_pixels: int = MAX_UPLOAD_PIXELS, workers: int = 1, queue: int = 4, keep: int = 32) -> Flask:
+               max_pixels: int = MAX_UPLOAD_PIXELS, workers: int = 1, queue: int = 4, keep: int = 32,
+               preload: bool = False, device: str = "cpu") -> Flask:
     """The explorer's Flask app for ``run_dir`` (use ``app.test_client()`` in tests).
 
     Args:
@@ -133,6 +150,12 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
         max_pixels: pixel cap of uploads (413 over it).
         workers, queue, keep: analyses computed at once, queued or running at most (more: 503),
             and results kept in memory for their links.
+        preload: open the mined run's model in the background now, so that the first unit page
+            needing projections on demand (:mod:`convlens.explorer.ondemand`) does not wait for it.
+        device: where that model computes (projections on demand, and uploads when it serves them).
+
+    Without ``checkpoint``/``model`` and without ``run_dir/checkpoints/last.pt``, uploads use the
+    model the run's ``mine`` recorded (``params.source`` of its ``result.json``).
 
     Raises:
         NotADirectoryError: ``run_dir`` does not exist.
@@ -148,6 +171,12 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
     loader, label = ((model, model_label or "the given model") if model is not None
                      else _default_loader(root, checkpoint))
     state = _State(root, loader, label, max_pixels, JobQueue(workers=workers, capacity=queue, keep=keep))
+    state.projector = Projector(state.root, state.mined, device)
+    state.shared_model = loader is None
+    if loader is None:
+        state.loader, state.model_label = _record_loader(state)
+    if preload and state.mined() is not None:
+        state.projector.warm()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
     app.extensions["convlens"] = state
@@ -165,6 +194,15 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
     def common() -> dict[str, Any]:
         return {"run": state.root.name}
 
+    @app.template_filter("num")
+    def num(value: Any, fmt: str = "%.3g") -> str:
+        """A number as ``fmt``; a missing or non-finite one as a dash (never ``nan`` on a page)."""
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            return "\u2013"
+        return fmt % v if math.isfinite(v) else "\u2013"
+
     @app.route("/")
     def index() -> str:
         run, mined = state.run(), state.mined()
@@ -172,7 +210,8 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
         return render_template("index.html", mined=mined, report=state.url("report/index.html"),
                                results=results, warnings=[*run.warnings, *(mined.warnings if mined else ())],
                                has_model=state.loader is not None, model_label=state.model_label,
-                               max_mb=MAX_UPLOAD_BYTES // 2**20, max_mp=state.max_pixels / 1e6, rules=RULE_CHOICES)
+                               max_mb=MAX_UPLOAD_BYTES // 2**20, max_mp=state.max_pixels / 1e6, rules=RULE_CHOICES,
+                               occ=_occluder_defaults(mined))
 
     @app.route("/result/<path:name>")
     def result_page(name: str) -> str:
@@ -230,7 +269,7 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
         finally:
             state.decode_slots.release()
             release_memory()  # give a large decode's buffers back to the system now
-        job = _submit(state, image, rule, (upload.filename or "upload")[:120])
+        job = _submit(state, image, rule, (upload.filename or "upload")[:120], _occluder_args())
         return redirect(f"/analysis/{job.id}", code=303)
 
     @app.route("/analysis/<job_id>/rule", methods=["POST"])
@@ -241,7 +280,7 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
         rule = request.form.get("rule", "auto")
         if rule not in RULE_CHOICES:
             abort(400, f"rule must be one of {', '.join(RULE_CHOICES)}, got {rule[:40]!r}")
-        job = _submit(state, old.params["image"], rule, old.name)
+        job = _submit(state, old.params["image"], rule, old.name, old.params.get("occluder", {}))
         return redirect(f"/analysis/{job.id}", code=303)
 
     @app.route("/analysis/<job_id>")
@@ -265,7 +304,31 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
     return app
 
 
-def _submit(state: _State, image: Any, rule: str, name: str) -> Job:
+def _occluder_defaults(mined: Mined | None) -> dict[str, int]:
+    """The upload form's default occluder for the run's input size (224 px when unknown)."""
+    from convlens.explorer.compute import occluder_grid
+
+    source = mined.result.params.get("source") if mined is not None else None
+    side = (mined.input_size if mined is not None else None) or (
+        source.get("input_size") if isinstance(source, dict) else None) or 224
+    window, stride = occluder_grid(int(side))
+    return {"side": int(side), "window": window, "stride": stride}
+
+
+def _occluder_args() -> dict[str, int]:
+    """The upload form's occlusion ``window`` and ``stride`` (px; empty: the default for the input size)."""
+    out = {}
+    for key in ("window", "stride"):
+        raw = (request.form.get(key) or "").strip()
+        if not raw:
+            continue
+        if not raw.isdigit() or not 1 <= int(raw) <= 4096:
+            abort(400, f"occlusion {key} must be a whole number of pixels (1..4096) or empty, got {raw[:20]!r}")
+        out[key] = int(raw)
+    return out
+
+
+def _submit(state: _State, image: Any, rule: str, name: str, occluder: dict[str, int]) -> Job:
     mined = state.mined()
 
     def work(job: Job) -> Any:
@@ -279,10 +342,11 @@ def _submit(state: _State, image: Any, rule: str, name: str) -> Job:
             ml = mined.layers.get(layer) if mined else None
             return f"/layer/{layer}/map/{m}" if ml is not None and ml.get(m) is not None else None
 
-        return analyze_image(loaded, job.params["image"], layers=layers, rule=rule, link=link,
-                             progress=job.progress)
+        with state.projector.compute_lock if state.shared_model else contextlib.nullcontext():
+            return analyze_image(loaded, job.params["image"], layers=layers, rule=rule, link=link,
+                                 progress=job.progress, **occluder)
 
-    job = state.jobs.submit(name, {"image": image, "rule": rule}, work)
+    job = state.jobs.submit(name, {"image": image, "rule": rule, "occluder": occluder}, work)
     if job is None:
         abort(503, f"the server is busy: {state.jobs.capacity} analyses are queued or running; "
                    "try again in a minute")

@@ -2,18 +2,22 @@
 
 ``/layer/<layer>`` (all maps, paginated, sortable), ``/layer/<layer>/map/<m>`` (the unit page:
 top-k with rule and values, the classes of its images, its receptive field, classes that drive it,
-evolution, neighbours, previous/next in the order it was reached from), ``/jump?to=layer:map``,
+evolution, neighbours, previous/next in the order it was reached from; projections a map lacks are
+made on first view: ``/layer/<layer>/map/<m>/projections``, see :mod:`convlens.explorer.ondemand`),
+``/layer/<layer>/map/<m>/unit/<r>`` (one entry's projection and patch at full size), ``/jump?to=layer:map``,
 ``/classes`` and ``/class/<c>`` (the maps that respond most to class c, from ``class_means.npz``).
 """
 from __future__ import annotations
 
 import math
+import time
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Flask, abort, redirect, render_template, request
+from flask import Flask, abort, jsonify, redirect, render_template, request
 
+from convlens.explorer.ondemand import entry_json
 from convlens.explorer.runindex import SORTS, MapInfo, Mined, MinedLayer
 
 __all__ = ["PER_PAGE", "register_pages"]
@@ -119,7 +123,8 @@ def register_pages(app: Flask, state: Any) -> None:
         pages = max(1, math.ceil(len(ml.maps) / per))
         page = _int_arg("page", 1, 1, pages)
         order = ml.order(sort, desc)
-        tiles = [_tile(ml.maps[i]) for i in order[(page - 1) * per:page * per]]
+        shown = state.projector.shown
+        tiles = [_tile(shown(mined, layer, ml.maps[i])) for i in order[(page - 1) * per:page * per]]
         links = {
             "prev": f"/layer/{layer}{_query(sort, desc, page=page - 1, per=None if per == PER_PAGE else per)}"
             if page > 1 else None,
@@ -134,6 +139,7 @@ def register_pages(app: Flask, state: Any) -> None:
         return render_template("layer.html", layer=ml, tiles=tiles, sort=sort, desc=desc, sorts=sorts, flip=flip,
                                page=page, pages=pages, page_urls=page_urls, links=links,
                                unit_query=_query(sort, desc), first=(page - 1) * per + 1,
+                               unordered=sort != "map" and not ml.orders(sort),
                                has_classes=mined.class_means is not None and layer in mined.class_means.layers)
 
     @app.route("/layer/<layer>/map/<int:m>")
@@ -144,6 +150,8 @@ def register_pages(app: Flask, state: Any) -> None:
         if mi is None:
             abort(404, f"no feature map {m} of layer {layer!r} was mined in this run "
                        f"(maps {ml.maps[0].id}..{ml.maps[-1].id})" if ml.maps else f"layer {layer!r} has no maps")
+        mi = state.projector.shown(mined, layer, mi)
+        pending = mi.thumb is None and bool(mi.entries) and mined.result.params.get("source") is not None
         sort, desc = _sort_args()
         order = ml.order(sort, desc)
         at = order.index(ml.position[m])
@@ -151,7 +159,8 @@ def register_pages(app: Flask, state: Any) -> None:
         prev_id = ml.maps[order[at - 1]].id if at > 0 else None
         next_id = ml.maps[order[at + 1]].id if at + 1 < len(order) else None
         pos = ml.position[m]
-        neighbours = [_tile(ml.maps[i]) for i in range(max(0, pos - 4), min(len(ml.maps), pos + 5)) if i != pos]
+        neighbours = [_tile(state.projector.shown(mined, layer, ml.maps[i]))
+                      for i in range(max(0, pos - 4), min(len(ml.maps), pos + 5)) if i != pos]
         cm = mined.class_means
         drivers = []
         if cm is not None and layer in cm.layers and m < cm.layers[layer].shape[0]:
@@ -163,13 +172,43 @@ def register_pages(app: Flask, state: Any) -> None:
         entries = [{"e": e, "short": _short_image(e.image)} for e in mi.entries]
         evolution, note = _evolution(state, layer, m)
         return render_template(
-            "map.html", layer=ml, mi=mi, entries=entries, hist=hist, hist_max=max((n for _, n in hist), default=1),
+            "map.html", layer=ml, mi=mi, entries=entries, pending=pending,
+            projections_url=f"/layer/{layer}/map/{m}/projections", hist=hist,
+            hist_max=max((n for _, n in hist), default=1),
             rf=_rf(mi, mined.input_size), drivers=drivers, neighbours=neighbours, q=q, sort=sort, desc=desc,
             prev_url=f"/layer/{layer}/map/{prev_id}{q}" if prev_id is not None else None,
             next_url=f"/layer/{layer}/map/{next_id}{q}" if next_id is not None else None,
             position=at + 1, total=len(order), sort_label=SORTS[sort], evolution=evolution, evolution_note=note,
             class_index={n: i for i, n in enumerate(mined.class_names)} if cm is not None else {},
             back=f"/layer/{layer}{_query(sort, desc, page=at // PER_PAGE + 1 if at >= PER_PAGE else None)}")
+
+    @app.route("/layer/<layer>/map/<int:m>/projections")
+    def map_projections(layer: str, m: int) -> Any:
+        """The map's top-k projections as JSON, computed now when nothing made them yet."""
+        mined = _mined(state)
+        ml = _layer(mined, layer)
+        mi = ml.get(m)
+        if mi is None:
+            abort(404, f"no feature map {m} of layer {layer!r} was mined in this run")
+        t = time.perf_counter()
+        try:
+            done, computed = state.projector.ensure(mined, layer, mi)
+        except (ValueError, FileNotFoundError) as exc:
+            return jsonify({"error": str(exc)}), 409
+        return jsonify({"layer": layer, "map": m, "computed": computed,
+                        "seconds": round(time.perf_counter() - t, 3),
+                        "entries": [entry_json(e) for e in done.entries]})
+
+    @app.route("/layer/<layer>/map/<int:m>/unit/<int:r>")
+    def unit_pair(layer: str, m: int, r: int) -> str:
+        """One top-k entry's projection and image patch at their full size."""
+        mined = _mined(state)
+        ml = _layer(mined, layer)
+        mi = ml.get(m)
+        if mi is None or not 0 <= r < len(mi.entries):
+            abort(404, f"no entry {r} of map {m} of layer {layer!r} in this run")
+        mi = state.projector.shown(mined, layer, mi)
+        return render_template("pair.html", layer=ml, mi=mi, e=mi.entries[r], short=_short_image(mi.entries[r].image))
 
     @app.route("/jump")
     def jump() -> Any:
@@ -191,7 +230,8 @@ def register_pages(app: Flask, state: Any) -> None:
             abort(404, "this run has no per-class activations (class_means.npz); mine it again with a "
                        "current convlens")
         rows = [{"c": c, "name": cm.name(c), "n": int(cm.counts[c])} for c in range(cm.num_classes)]
-        return render_template("classes.html", rows=rows, layers=[n for n in mined.layers if n in cm.layers])
+        return render_template("classes.html", rows=rows, layers=[n for n in mined.layers if n in cm.layers],
+                               mined_classes=cm.mined_classes)
 
     @app.route("/class/<int:c>")
     def class_page(c: int) -> str:
@@ -207,11 +247,12 @@ def register_pages(app: Flask, state: Any) -> None:
         n = _int_arg("n", 12, 1, 64)
         sections = []
         for layer, ml in mined.layers.items():
-            if layer not in cm.layers:
+            if layer not in cm.layers or cm.counts[c] == 0:  # no image of the class: no means to rank by
                 continue
             rows = []
             for m, mean, sel in cm.top_maps(layer, c, n, by):
                 mi = ml.get(m)
+                mi = state.projector.shown(mined, layer, mi) if mi is not None else None
                 rows.append({"m": m, "mean": mean, "sel": sel, "thumb": mi.thumb if mi else None,
                              "patch": mi.thumb_patch if mi else None, "mined": mi is not None})
             sections.append({"layer": layer, "rows": rows})

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,7 +22,7 @@ import numpy as np
 from convlens.io.manifest import Result
 
 __all__ = ["RULE_CHOICES", "SORTS", "ClassMeans", "Entry", "MapInfo", "Mined", "MinedLayer", "file_url", "index_mine",
-           "url_maker"]
+           "saturation_share", "url_maker"]
 
 RULE_CHOICES = ("auto", "deconvnet", "guided", "gradient")
 """Projection rules offered for uploads (``auto``: see :func:`convlens.explorer.compute.resolve_rule`)."""
@@ -31,7 +31,7 @@ SORTS = {
     "map": "map number",
     "value": "activation strength (top-1, pre-clip where clipped)",
     "classes": "classes spanned by the top-k",
-    "saturation": "saturation (share of the top-k at the clip or tied at the top)",
+    "saturation": "saturation (share of the top-k at the clip, or tied at the top across distinct images)",
 }
 
 
@@ -121,6 +121,12 @@ class MinedLayer:
                 self._orders[key] = sorted(range(len(self.maps)), key=lambda i: (sign * vals[i], self.maps[i].id))
         return self._orders[key]
 
+    def orders(self, sort: str) -> bool:
+        """Whether ``sort`` tells the maps apart (False: every map has the same key, or none has one)."""
+        if sort == "map":
+            return len(self.maps) > 1
+        return len({_sort_value(m, sort) for m in self.maps}) > 1
+
     def get(self, m: int) -> MapInfo | None:
         i = self.position.get(m)
         return None if i is None else self.maps[i]
@@ -145,6 +151,11 @@ class ClassMeans:
     @property
     def num_classes(self) -> int:
         return int(self.counts.shape[0])
+
+    @property
+    def mined_classes(self) -> int:
+        """Classes with at least one mined image."""
+        return int((self.counts > 0).sum())
 
     def top_maps(self, layer: str, c: int, n: int, by: str = "mean") -> list[tuple[int, float, float]]:
         """The ``n`` maps of ``layer`` with the highest mean for class ``c`` (``by="mean"``) or the
@@ -232,23 +243,30 @@ def _entries(raw: Any, urls: Any, names: list[str]) -> tuple[Entry, ...]:
 def _map_info(m: int, raw: Any, urls: Any, names: list[str], ceiling: float | None) -> MapInfo:
     meta = raw if isinstance(raw, dict) else {}
     entries = _entries(meta.get("entries", meta.get("top")) if meta else raw, urls, names)
-    values = [e.value for e in entries if math.isfinite(e.value)]
     scores = [e.score for e in entries if math.isfinite(e.score)]
     top = max(scores) if scores else math.nan  # strength: the pre-clip value where the activation clips
     classes = {e.class_name if e.class_name is not None else e.label for e in entries} - {None}
     sat = meta.get("saturation")
-    if not isinstance(sat, (int, float)):
+    if not isinstance(sat, (int, float)) or not math.isfinite(sat):
         flags = [bool(e.get("saturated")) for e in (raw if isinstance(raw, list) else meta.get("entries") or [])
                  if isinstance(e, dict) and "saturated" in e]
-        peak = ceiling if ceiling is not None else (max(values) if values else 0.0)
-        if flags:
-            sat = sum(flags) / len(flags)
-        elif values and peak > 0:
-            sat = sum(1 for v in values if v >= peak * (1 - 1e-6)) / len(values)  # at the clip / tied at the top
-        else:
-            sat = 0.0
+        sat = sum(flags) / len(flags) if flags else saturation_share(entries, ceiling)
     span = len(classes) if classes else len({e.image for e in entries})
     return MapInfo(m, entries, top, span, float(sat))
+
+
+def saturation_share(entries: Sequence[Entry], ceiling: float | None) -> float:
+    """Share of the top-k that saturates: at the clip's ``ceiling`` when the layer clips; otherwise
+    the entries tied at the top value with at least one *other* image (a continuous layer's
+    strongest entry is not tied with itself: 0 unless distinct images reach the same positive value)."""
+    values = [(e.value, e.image) for e in entries if math.isfinite(e.value)]
+    if not values:
+        return 0.0
+    if ceiling is not None:
+        return sum(1 for v, _ in values if v >= ceiling) / len(values)
+    peak = max(v for v, _ in values)
+    tied = [img for v, img in values if v == peak]
+    return len(tied) / len(values) if peak > 0 and len(set(tied)) > 1 else 0.0  # a dead map (all 0) is not saturated
 
 
 def _load_class_means(path: Path, names: list[str], layers: dict[str, MinedLayer],

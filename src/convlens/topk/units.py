@@ -76,10 +76,10 @@ class MinedUnits:
 
 
 def map_entries(top: TopActivations, m: int, class_names: Sequence[str], describe: Callable[[int], str] | None,
-                boxes: torch.Tensor | None = None) -> list[dict[str, Any]]:
+                boxes: torch.Tensor | None = None, *, paths: bool = True) -> list[dict[str, Any]]:
     """Per rank of map ``m``: value, pre-clip score, image index/label/class/description, position,
     box, ``saturated`` (clipped layers: the value is at the ceiling) and the PNG paths (relative to
-    the output folder)."""
+    the output folder; left out with ``paths=False``, for maps not projected yet)."""
     rel = f"units/{top.layer}"
     out = []
     for r in range(top.values.shape[1]):
@@ -91,9 +91,10 @@ def map_entries(top: TopActivations, m: int, class_names: Sequence[str], describ
             "index": idx, "image": describe(idx) if describe else f"dataset:{idx}", "label": label,
             "class": class_names[label] if 0 <= label < len(class_names) else "",
             "y": int(top.positions[m, r, 0]), "x": int(top.positions[m, r, 1]),
-            "projection": f"{rel}/{m}_{r}_proj.png", "patch": f"{rel}/{m}_{r}_patch.png",
-            "projection_full": f"{rel}/{m}_{r}_proj_full.png", "patch_full": f"{rel}/{m}_{r}_patch_full.png",
         }
+        if paths:
+            e["projection"], e["patch"] = f"{rel}/{m}_{r}_proj.png", f"{rel}/{m}_{r}_patch.png"
+            e["projection_full"], e["patch_full"] = f"{rel}/{m}_{r}_proj_full.png", f"{rel}/{m}_{r}_patch_full.png"
         if top.ceiling is not None:
             e["saturated"] = e["value"] >= top.ceiling
         if boxes is not None:

@@ -40,5 +40,40 @@
       };
       window.setTimeout(poll, 300);
     }
+    document.querySelectorAll("img").forEach(sharpenIfUpscaled);
+    var projecting = document.getElementById("projecting");
+    if (projecting) { fetchProjections(projecting); }
   });
+
+  // Nearest-neighbour rendering only where an image is shown larger than it was made (a tiny map
+  // upscaled); anything shown at or below its size is left to the browser's smooth scaling.
+  function sharpenIfUpscaled(img) {
+    var check = function () {
+      img.style.imageRendering = (img.naturalWidth > 0 && img.naturalWidth < img.clientWidth) ? "pixelated" : "";
+    };
+    if (img.complete) { check(); } else { img.addEventListener("load", check); }
+  }
+
+  // A unit page whose projections were not made by `convlens mine`: ask the server to make them
+  // (once; it keeps them in the run) and put them in place, without a reload.
+  function fetchProjections(note) {
+    fetch(note.getAttribute("data-url"), {cache: "no-store"}).then(function (r) { return r.json(); }).then(function (d) {
+      if (d.error) { note.className = "warn"; note.textContent = "No projections: " + d.error; return; }
+      d.entries.forEach(function (e, i) {
+        [["proj", e.projection], ["patch", e.patch]].forEach(function (pair) {
+          var slot = document.querySelector('[data-slot="' + pair[0] + "-" + i + '"]');
+          if (!slot || !pair[1]) { return; }
+          var img = document.createElement("img");
+          img.className = pair[0];
+          img.alt = slot.getAttribute("data-alt") || "";
+          img.src = pair[1];
+          sharpenIfUpscaled(img);
+          slot.replaceWith(img);
+        });
+      });
+      note.id = "projected";
+      note.textContent = d.computed ? "Projected on this first view in " + d.seconds + " s; kept in the run for the next visits."
+        : "Projections found in the run.";
+    }).catch(function () { note.className = "warn"; note.textContent = "Projecting failed; see the server log."; });
+  }
 }());
