@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..diagnose import comparison_table, diagnose
     from ..diagnose_figures import diagnosis_figures
     from ..loading import load_model
-    from ._common import load_model_from_args, model_spec, resolve_device_arg
+    from ._common import load_model_from_args, model_spec, preprocessing_params, resolve_device_arg, say_preprocessing
 
     device = resolve_device_arg(args)
     if args.compare_weights is not None and args.compare is None:
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         models.append(load_model(args.compare, weights=args.compare_weights, normalize=args.normalize,
                                  input_size=args.input_size, map_location=device))
         specs.append(args.compare)
+        say_preprocessing(args, models[-1])
     diags = []
     for loaded in models:  # each model sees the sample through its own preprocessing
         images = _sample(args, loaded).to(device)
@@ -76,7 +77,10 @@ def run(args: argparse.Namespace) -> int:
     write_result(args.out, "diagnose", title="Architecture diagnostics (Fig. 6)", summary=summary,
                  params={"model": specs[0], "compare": args.compare, "dataset": args.dataset,
                          "split": args.split, "limit": args.limit, "channels": args.channels,
-                         "threshold": args.threshold, "dead_eps": args.dead_eps, "layers": list(diags[0].layer_names)},
+                         "threshold": args.threshold, "dead_eps": args.dead_eps, "layers": list(diags[0].layer_names)}
+                 | preprocessing_params(models[0])
+                 | ({"compare_preprocessing": preprocessing_params(models[1])["preprocessing"]} if len(models) > 1
+                    else {}),
                  figures=figures, tables=[table], data=main.to_dict())
     print(markdown_table(cols, rows))
     print(f"wrote {args.out / 'result.json'}")

@@ -108,6 +108,7 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
 
     from ..artifacts import save_png, write_result
     from ..mined_units import display_class_names, layer_sheets, project_mined
+    from ._common import preprocessing_params
 
     names = display_class_names(getattr(ds, "classes", []), loaded.class_names)
     gen = torch.Generator().manual_seed(args.seed)
@@ -157,7 +158,7 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
         params={"checkpoint": args.checkpoint, "arch": args.arch or loaded.arch, "weights": args.weights,
                 "dataset": args.dataset, "split": args.split, "layers": list(tops), "k": args.k,
                 "per_image": args.per_image, "maps": args.maps, "limit": args.limit, "seed": args.seed,
-                "project": args.project, "rule": args.rule},
+                "project": args.project, "rule": args.rule} | preprocessing_params(loaded),
         figures=figures,
         tables=[{"title": "Mined activations per layer",
                  "columns": ["layer", "maps", "rule", "mean top-1 value", f"mean top-{args.k} value",

@@ -105,7 +105,13 @@ def _sanity(model: torch.nn.Module, x: torch.Tensor, proj: Any, args: argparse.N
 def run(args: argparse.Namespace) -> int:
     from ..artifacts import save_png, write_result
     from ..deconv import project_topk, resolve_rule
-    from ._common import feature_map_layer, load_image_arg, load_model_from_args, resolve_device_arg
+    from ._common import (
+        feature_map_layer,
+        load_image_arg,
+        load_model_from_args,
+        preprocessing_params,
+        resolve_device_arg,
+    )
 
     device = resolve_device_arg(args)
     loaded = load_model_from_args(args, device)
@@ -160,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
                                                                           s["pearson_mean"], strict=False)]})
     params = {"checkpoint": args.checkpoint, "arch": args.arch or loaded.arch, "weights": args.weights,
               "image": str(args.image), "layer": args.layer, "channel": channel, "top": args.top, "rule": args.rule,
-              "sanity": args.sanity, "seed": args.seed}
+              "sanity": args.sanity, "seed": args.seed} | preprocessing_params(loaded)
     summary = (f"{rule} projections of the {args.top} strongest activations of {unit} in {Path(args.image).name}"
                f" (strongest {float(proj.values[0, 0]):.3g}), cropped to their receptive fields; rule {rule}: {reason}")
     write_result(out, "project", title="Deconvnet projections (Sec. 2.1, Fig. 1)", summary=summary, params=params,

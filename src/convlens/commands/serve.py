@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     from ..explorer.server import ServerLimits, allowed_hosts, make_server
 
     loader, label = _model_loader(args)
+    if loader is not None:  # load it now: its preprocessing line (and a model that does not load) show at start-up
+        loaded = loader()
+        loader = lambda: loaded  # noqa: E731
     hosts = allowed_hosts(args.host, args.allow_host)
     app = create_app(args.run, model=loader, model_label=label, allowed_hosts=hosts,
                      max_pixels=args.max_pixels or MAX_UPLOAD_PIXELS, queue=args.queue, keep=max(32, args.queue))
