@@ -139,3 +139,21 @@ def test_real_mobilenet_says_its_preprocessing_and_no_user_warning(tmp_path):
     assert _recorded(tmp_path / "p")["line"] == line
     assert "UserWarning" not in proc.stderr and "Warning:" not in proc.stderr, proc.stderr
     assert all(ln.startswith("warning: ") for ln in proc.stderr.splitlines()), proc.stderr
+
+
+def test_serve_says_the_preprocessing_of_the_runs_own_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    import shutil
+
+    from convlens.cli import build_parser
+    from convlens.commands.serve import _model_loader
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(tiny_checkpoint, run / "checkpoints" / "last.pt")
+    loader, label = _model_loader(build_parser().parse_args(["serve", str(run)]))
+    assert label == "last.pt"
+    loaded = loader()
+    lines = _said(capsys.readouterr().out)
+    assert loaded.provenance is not None and lines == [loaded.provenance.line()]
+    assert "from checkpoint" in lines[0]
+    assert _model_loader(build_parser().parse_args(["serve", str(tmp_path / "empty")])) == (None, "")

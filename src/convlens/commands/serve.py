@@ -34,13 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _model_loader(args: argparse.Namespace) -> tuple[Any, str]:
-    """A function loading the model the flags name (None: the run's own checkpoint) and its label."""
+    """A function loading the model the flags name, else the run's own ``checkpoints/last.pt``, and its label
+    (None: no model, uploads are off)."""
     spec = model_spec(args)
     if spec is None:
         if args.weights is not None:
             raise ValueError("--weights goes with --arch SPEC (the architecture they fit), e.g. "
                              "--arch torchvision:resnet18 --weights FILE")
-        return None, ""
+        own = Path(args.run) / "checkpoints" / "last.pt"
+        if not own.is_file():
+            return None, ""
+        return (lambda: load_model_from_args(args, "cpu", spec=str(own))), own.name
     for flag in ("checkpoint", "weights", "classes"):
         value = getattr(args, flag, None)
         if value is not None and not Path(value).is_file():
