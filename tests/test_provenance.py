@@ -36,6 +36,8 @@ def test_checkpoint_preprocessing_comes_from_the_checkpoint(tiny_checkpoint, tmp
     assert (rec["input_size"], rec["resize"]) == (crop, resize) and crop == 32
     assert rec["size_from"] == rec["resize_from"] == rec["normalize_from"] == "checkpoint"
     assert rec["mean"] == f"per-pixel mean image (3, {resize}, {resize})"  # the paper's mean image, not 3 numbers
+    assert rec["std"] == "none (pixels 0..255 minus the mean, not divided)"  # stored std: ones in pixel units
+    assert stored["std"] is not None and bool((torch.as_tensor(stored["std"]) == 1).all())
     assert rec["tf_same_padding"] is False and rec["meta_json"] is None
     assert lines[0].startswith(f"preprocessing: 32 px (resize {resize}, center crop) from checkpoint; mean per-pixel")
 

@@ -36,8 +36,8 @@ def render_invariance(
         for i, n in enumerate(names):
             ax[r, -1].plot(c.params.numpy(), c.probs[i].cpu().numpy(), marker=".", label=n)
         ax[r, -1].set_ylim(-0.02, 1.02)
-        ax[r, -1].set_title(f"P({c.label_kind})" + ("" if c.labels_given else " of the untransformed image"),
-                            fontsize=9)
+        ax[r, -1].set_title("P(true label)" if c.labels_given else "P(predicted class)\nthe class predicted for "
+                            "the untransformed image", fontsize=9)
         for a in ax[r, 1:]:
             a.set_xlabel(units[t], fontsize=8)
             a.grid(alpha=0.3)

@@ -463,6 +463,8 @@ def _provenance(pre: Preprocessing, s: _Sources, tf_convs: int, tf_from: str | N
 
 def _per_channel(t: torch.Tensor, scale: float, what: str) -> tuple[float, ...] | str:
     """Per-channel values in [0, 1] units, or a description of a per-pixel image (the paper's mean image)."""
+    if what == "std" and scale != 1 and bool((t == 1).all()):
+        return f"none (pixels 0..{scale:g} minus the mean, not divided)"  # the paper's recipe
     if t.shape[-2:] == (1, 1):
         return tuple(round(float(v) / scale, 6) for v in t.flatten())
     return f"per-pixel {what} image {tuple(t.shape)}"
