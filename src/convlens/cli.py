@@ -4,7 +4,9 @@ Subcommands live in :mod:`convlens.commands` (one module each, discovered here).
 parser imports no torch: commands import the library inside their ``run``. Errors that come from
 bad input (``ValueError``, ``TypeError``, ``OSError`` such as a missing file, ``ImportError`` of an
 optional extra, ``RuntimeError`` from torch such as an input the model cannot take) print one
-``error: ...`` line and exit with code 2; ``--debug`` re-raises them with the traceback.
+``error: ...`` line and exit with code 2; ``--debug`` re-raises them with the traceback. Python
+warnings raised while a command runs (ours or a library's) print as one plain ``warning: ...`` line
+on stderr, each distinct message once, without the source file and code line.
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import logging
 import os
 import pkgutil
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(args.verbose)
     try:
-        with _output_lock(args), _skip_report(args):
+        with _plain_warnings(), _output_lock(args), _skip_report(args):
             return int(args.func(args) or 0)
     except EXPECTED_ERRORS as exc:
         if args.debug:
@@ -86,6 +90,31 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _plain_warnings() -> Iterator[None]:
+    """While the command runs (the server included), show each Python warning as one ``warning: ...`` line on
+    stderr, once per distinct message, without its source path and code line; the previous
+    ``warnings.showwarning`` is restored afterwards."""
+    seen: set[str] = set()
+    lock = threading.Lock()  # the explorer's request threads warn concurrently
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: object = None, line: str | None = None) -> None:
+        text = " ".join(str(message).split())
+        with lock:
+            if text in seen:
+                return
+            seen.add(text)
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
+    previous = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 def _output_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:

@@ -9,7 +9,8 @@ Correspondence (Table 1) needs part landmarks, which these data sets do not have
 
 Every step goes through :func:`convlens.cli.main` with the documented flags, so the demo
 exercises the real command line. A step whose command is missing or fails is logged and the demo
-goes on to the report. Sizes (subsets, epochs) are chosen to fit 10 minutes on 2 busy CPU cores;
+goes on to the report. Sizes (subsets, epochs) are chosen to need about 5 CPU-minutes (294 s
+of CPU time measured, most of it training); the wall time on 2 cores follows the machine's load;
 ``quick`` is a ~1 minute version for tests.
 """
 from __future__ import annotations

@@ -205,7 +205,7 @@ def test_missing_timm_extra(env: dict[str, str], capsys: pytest.CaptureFixture[s
     monkeypatch.setitem(sys.modules, "timm", None)  # as if the optional extra were not installed
     code = main(["occlude", "--arch", "timm:resnet10t", "--image", env["img"], "--out", env["d"] + "/o"])
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert code == 2 and len(lines) == 1 and "pip install 'convlens[timm]'" in lines[0]
+    assert code == 2 and len(lines) == 1 and "pip install -e '.[timm]'" in lines[0]
 
 
 def test_debug_reraises(env: dict[str, str]) -> None:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_browser import ARGS, CHROMIUM, serve
+from test_ondemand import mine
 
 from mined_run import make_mined_run
-from test_ondemand import mine
 
 pytestmark = [
     pytest.mark.browser,

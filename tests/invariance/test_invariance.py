@@ -76,3 +76,37 @@ def test_cli_end_to_end(tiny_checkpoint, image_folder, tmp_path):
     assert all((out / f["path"]).is_file() for f in result["figures"])
     assert main(["invariance", "--checkpoint", str(tiny_checkpoint), "--images", *imgs, "--layers", "conv9",
                  "--out", str(out)]) == 2
+
+
+def _texts(fig) -> str:
+    import matplotlib.text
+
+    return " ".join(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+
+
+@pytest.mark.parametrize("labels", [None, "1,0"])
+def test_prediction_is_never_called_the_true_label(tiny_checkpoint, image_folder, tmp_path, capsys, monkeypatch,
+                                                   labels):
+    import convlens.io.artifacts
+    from convlens.cli import main
+
+    shown: list[str] = []
+    save = convlens.io.artifacts.save_figure
+    monkeypatch.setattr(convlens.io.artifacts, "save_figure", lambda fig, path, **kw: (shown.append(_texts(fig)),
+                                                                                    save(fig, path, **kw))[1])
+    imgs = [str(p) for p in sorted((image_folder / "a").iterdir())[:2]]
+    out = tmp_path / "inv"
+    extra = ["--labels", labels] if labels else []
+    assert main(["invariance", "--checkpoint", str(tiny_checkpoint), "--images", *imgs, "--layers", "conv1,fc7",
+                 "--translate=-4,0,4", "--scale", "1,1.2", "--rotate", "0,90", *extra, "--out", str(out)]) == 0
+    everything = " ".join([capsys.readouterr().out, (out / "result.json").read_text(),
+                           (out / "invariance.md").read_text(), *shown]).lower()
+    assert len(shown) == 1 and "p(" in shown[0].lower()  # the figure's texts were read
+    result = json.loads((out / "result.json").read_text())
+    kinds = {c["label_kind"] for c in result["data"]["curves"].values()}
+    if labels is None:
+        assert "true label" not in everything and "p(true" not in everything
+        assert "predicted class" in everything and kinds == {"predicted class"}
+    else:
+        assert "true label" in everything and kinds == {"true label"}
+        assert result["tables"][0]["columns"][1] == "true label"

@@ -91,7 +91,7 @@ def test_timm_missing_extra(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
-    with pytest.raises(ImportError, match=r"convlens\[timm\]"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[timm\]'"):
         load_model("timm:resnet10t")
 
 

@@ -4,7 +4,8 @@ Nothing here imports torch at module level: building the CLI (``convlens --help`
 
 - :func:`add_model_args` / :func:`load_model_from_args`: ``--checkpoint C`` or ``--arch SPEC``
   (``torchvision:NAME``, ``timm:NAME``, ``file.py:factory``, ``module:factory``, a convlens
-  architecture) with ``--weights``, ``--normalize``, ``--input-size``, ``--classes``.
+  architecture) with ``--weights``, ``--normalize``, ``--input-size``, ``--classes``; loading prints the
+  preprocessing line (:func:`say_preprocessing`), and :func:`run_params` records it in ``result.json``.
 - :func:`add_dataset_args` / :func:`open_dataset_from_args`: ``--dataset``, ``--data-dir``,
   ``--split``, ``--limit`` (always: N images spread evenly over the split, so every class of a
   class-sorted folder is kept; no randomness), ``--batch-size``, ``--workers``.
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["add_dataset_args", "add_device_arg", "add_model_args", "add_out_arg", "default_layers",
            "load_model_from_args", "model_spec", "open_dataset_from_args", "out_dir", "parse_layers",
-           "positive_int", "resolve_device_arg"]
+           "positive_int", "preprocessing_params", "resolve_device_arg", "say_preprocessing"]
 
 SPEC_FORMS = ("torchvision:NAME, timm:NAME, path/to/file.py:factory, package.module:factory "
               "or a convlens architecture (zfnet, zfnet-small, ...)")
@@ -113,9 +114,23 @@ def load_model_from_args(args: argparse.Namespace, device: torch.device | str = 
     spec = spec if spec is not None else model_spec(args)
     if spec is None:
         raise ValueError("no model given; expected --checkpoint FILE or --arch SPEC [--weights FILE]")
-    return load_model(spec, weights=getattr(args, "weights", None) if getattr(args, "arch", None) else None,
-                      normalize=getattr(args, "normalize", None), input_size=getattr(args, "input_size", None),
-                      classes=getattr(args, "classes", None), map_location=device)
+    loaded = load_model(spec, weights=getattr(args, "weights", None) if getattr(args, "arch", None) else None,
+                        normalize=getattr(args, "normalize", None), input_size=getattr(args, "input_size", None),
+                        classes=getattr(args, "classes", None), map_location=device)
+    say_preprocessing(args, loaded)
+    return loaded
+
+
+def say_preprocessing(args: argparse.Namespace, loaded: Loaded) -> None:
+    """Print the preprocessing ``loaded`` applies and where each part came from, once per command (a
+    second model with the same preprocessing prints nothing; one with another prints its own line)."""
+    if loaded.provenance is None:
+        return
+    line = loaded.provenance.line()
+    seen: set[str] = getattr(args, "_preprocessing_said", set())
+    if line not in seen:
+        print(line if len(seen) == 0 else f"{line} ({loaded.arch})")
+        args._preprocessing_said = seen | {line}
 
 
 def load_image_arg(loaded: Loaded, path: str | Path, flag: str = "--image") -> torch.Tensor:
@@ -136,13 +151,21 @@ def load_image_arg(loaded: Loaded, path: str | Path, flag: str = "--image") -> t
 
 
 def run_params(args: argparse.Namespace, loaded: Loaded | None = None) -> dict[str, Any]:
-    """The command's flags for ``result.json`` ``params`` (paths as text; the model's resolved name added)."""
+    """The command's flags for ``result.json`` ``params`` (paths as text; the model's resolved name and
+    :func:`preprocessing_params` added)."""
     out = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
            if k != "func" and not k.startswith("_")}
     if loaded is not None:
         out["model"] = loaded.arch
         out["input_size"] = loaded.input_size
+        out |= preprocessing_params(loaded)
     return out
+
+
+def preprocessing_params(loaded: Loaded) -> dict[str, Any]:
+    """``{"preprocessing": {...}}``: what the model's inputs went through and where each part came from
+    (:meth:`convlens.nets.meta.PreprocessingProvenance.to_dict`), for ``result.json`` ``params``."""
+    return {"preprocessing": loaded.provenance.to_dict() if loaded.provenance is not None else None}
 
 
 # ----------------------------------------------------------------------------- dataset

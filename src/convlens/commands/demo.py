@@ -7,7 +7,8 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="train a small ZFNet on Fashion-MNIST, run every analysis and write the report (<10 min on 2 cores)",
+        help="train a small ZFNet on Fashion-MNIST, run every analysis and write the report (about 5 CPU-minutes: "
+             "2 to 25 minutes of wall time on 2 cores, depending on their load)",
         description="End to end: train zfnet-small with checkpoints, mine, evolution, invariance, diagnose, "
                     "occlusion, ablations, linear probes, projections; then the HTML report. Each step runs the "
                     "real 'convlens' command; a failing step is logged and the demo goes on.",

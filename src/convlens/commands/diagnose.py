@@ -40,7 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convlens.commands._common import load_model_from_args, model_spec, resolve_device_arg
+    from convlens.commands._common import (
+        load_model_from_args,
+        model_spec,
+        preprocessing_params,
+        resolve_device_arg,
+        say_preprocessing,
+    )
     from convlens.diagnose.analysis import comparison_table, diagnose
     from convlens.diagnose.figures import diagnosis_figures
     from convlens.io.artifacts import markdown_table, write_result, write_text
@@ -55,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         models.append(load_model(args.compare, weights=args.compare_weights, normalize=args.normalize,
                                  input_size=args.input_size, map_location=device))
         specs.append(args.compare)
+        say_preprocessing(args, models[-1])
     diags = []
     for loaded in models:  # each model sees the sample through its own preprocessing
         images = _sample(args, loaded).to(device)
@@ -76,7 +83,10 @@ def run(args: argparse.Namespace) -> int:
     write_result(args.out, "diagnose", title="Architecture diagnostics (Fig. 6)", summary=summary,
                  params={"model": specs[0], "compare": args.compare, "dataset": args.dataset,
                          "split": args.split, "limit": args.limit, "channels": args.channels,
-                         "threshold": args.threshold, "dead_eps": args.dead_eps, "layers": list(diags[0].layer_names)},
+                         "threshold": args.threshold, "dead_eps": args.dead_eps, "layers": list(diags[0].layer_names)}
+                 | preprocessing_params(models[0])
+                 | ({"compare_preprocessing": preprocessing_params(models[1])["preprocessing"]} if len(models) > 1
+                    else {}),
                  figures=figures, tables=[table], data=main.to_dict())
     print(markdown_table(cols, rows))
     print(f"wrote {args.out / 'result.json'}")

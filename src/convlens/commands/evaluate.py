@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         write_result(Path(args.out), "evaluate", title="Classification error (Table 2)",
                      summary=f"{last[0]} on {args.dataset} ({args.split}, {last[1]}): top-1 error {last[2]}, "
                      f"top-5 error {last[3]}",
-                     params=run_params(args), figures=[],
+                     params=run_params(args, loaded), figures=[],
                      tables=[{"title": "Top-1 / top-5 error", "columns": COLUMNS, "rows": rows}],
                      data={"rows": [dict(zip(COLUMNS, r, strict=False)) for r in rows]})
         print(f"wrote {Path(args.out) / 'result.json'}")

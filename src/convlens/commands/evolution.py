@@ -58,7 +58,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from convlens.commands._common import open_dataset_from_args, parse_layers, resolve_device_arg
+    from convlens.commands._common import (
+        open_dataset_from_args,
+        parse_layers,
+        preprocessing_params,
+        resolve_device_arg,
+        say_preprocessing,
+    )
     from convlens.core.capture import capture
     from convlens.evolution.analysis import feature_evolution, find_checkpoints
     from convlens.evolution.figures import write_evolution_outputs
@@ -69,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     epochs = _epochs(args, checkpoints)
     device = resolve_device_arg(args)
     last = load_model(checkpoints[epochs[-1]], map_location=device)
+    say_preprocessing(args, last)  # every checkpoint of a run shares its preprocessing
     layers = parse_layers(args.layers, last)
     ds = open_dataset_from_args(args, last)
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
@@ -84,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     write_evolution_outputs(evo, out, num_images=len(ds), split=args.split,
                             params={"run": str(args.run), "dataset": args.dataset, "split": args.split,
                                     "layers": list(evo.maps), "maps": args.maps, "epochs": evo.epochs,
-                                    "limit": args.limit, "seed": args.seed, "threshold": evo.threshold})
+                                    "limit": args.limit, "seed": args.seed, "threshold": evo.threshold}
+                            | preprocessing_params(last))
     print(out / "result.json")
     return 0

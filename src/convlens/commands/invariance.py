@@ -1,8 +1,10 @@
 """``convlens invariance``: feature invariance to vertical translation, scale and rotation (Fig. 5).
 
 Writes into ``--out``: ``invariance.png`` (rows: translate, scale, rotate; columns: example
-transformed images, the feature distance of each ``--layers`` layer, P(true label); one curve
-per image), ``result.json`` (kind ``invariance``, all curves in ``data``) and ``invariance.md``.
+transformed images, the feature distance of each ``--layers`` layer, the probability of the
+``--labels`` class, or without ``--labels`` of the class predicted for the untransformed image,
+named "predicted class", never "true label"; one curve per image), ``result.json`` (kind
+``invariance``, all curves in ``data``) and ``invariance.md``.
 """
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ if TYPE_CHECKING:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "invariance",
-        help="feature distances and true-label probability under translation, scale, rotation (Fig. 5)",
+        help="feature distances and class probability under translation, scale, rotation (Fig. 5)",
         description="Translate (vertically), scale and rotate each image; plot the Euclidean distance between the "
-        "feature vectors of the transformed and the original image at each layer, and the true-label probability.",
+        "feature vectors of the transformed and the original image at each layer, and the probability of the "
+        "image's class: its true label (--labels), else the class predicted for the untransformed image.",
         epilog="example: convlens invariance --checkpoint C --images a.jpg b.jpg --layers conv1,fc7 "
         "--out runs/zf/invariance",
     )
@@ -84,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
     save_figure(render_invariance(curves, examples, names, layers), args.out / "invariance.png", dpi=80)
     cls = loaded.class_names
     first = curves["translate"].labels
-    cols = ["image", "true label", "clean P(true)"] \
+    kind, short = ("true label", "true") if labels is not None else ("predicted class", "predicted")
+    cols = ["image", kind, f"clean P({short})"] \
         + [f"max {t} distance {layer}" for t in sweeps for layer in layers[-1:]] \
-        + [f"min P(true) under {t}" for t in sweeps]
+        + [f"min P({short}) under {t}" for t in sweeps]
     ident = {"translate": 0.0, "scale": 1.0, "rotate": 0.0}
     rows = []
     for i, n in enumerate(names):
@@ -98,11 +102,13 @@ def run(args: argparse.Namespace) -> int:
     write_text(args.out / "invariance.md", f"### {table['title']}\n\n" + markdown_table(cols, rows))
     summary = (f"{len(images)} images; translate {min(translate):g}..{max(translate):g} px, scale "
                f"{min(sweeps['scale']):g}..{max(sweeps['scale']):g}, rotate {min(sweeps['rotate']):g}.."
-               f"{max(sweeps['rotate']):g} deg; distances at {', '.join(layers)}; fill = mean (0)")
+               f"{max(sweeps['rotate']):g} deg; distances at {', '.join(layers)}; fill = mean (0); probability of "
+               + ("the true label (--labels)" if labels is not None else
+                  "the class predicted for each untransformed image (no --labels)"))
     write_result(args.out, "invariance", title="Feature invariance (Fig. 5)", summary=summary,
                  params=run_params(args, loaded) | {"identity": ident, "layers": layers},
                  figures=[{"path": "invariance.png", "caption": "rows: vertical translation, scale, rotation; columns: "
-                           "first image transformed, feature distance per layer, P(true label); one curve per image",
+                           f"first image transformed, feature distance per layer, P({kind}); one curve per image",
                            "group": "invariance"}],
                  tables=[table], data={"curves": {t: c.to_dict() for t, c in curves.items()}, "images": args.images})
     print(markdown_table(cols, rows))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from convlens.commands._common import add_model_args, add_out_arg
+from convlens.commands._common import add_model_args, add_out_arg, preprocessing_params
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         write_result(args.out, "layers", title=f"{loaded.arch}: layer names",
                      summary=f"{len(infos)} module paths of {loaded.arch} on {size}x{size} inputs; default layers "
                              f"{', '.join(defaults) or 'none'}.",
-                     params={"arch": loaded.arch, "input_size": size, "depth": args.depth},
+                     params={"arch": loaded.arch, "input_size": size, "depth": args.depth}
+                     | preprocessing_params(loaded),
                      tables=[{"title": "Layers", "columns": ["layer", "type", "output shape", "channels",
                                                              "receptive field (size / stride)"],
                               "rows": [[r.name, r.type, _shape(r.output_shape), r.channels,

@@ -108,6 +108,7 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
     import torch
     from tqdm import tqdm
 
+    from convlens.commands._common import preprocessing_params
     from convlens.io.artifacts import save_png, write_result
     from convlens.topk.record import mine_source
     from convlens.topk.units import display_class_names, layer_sheets, map_entries, project_mined
@@ -169,7 +170,7 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
                 "source": mine_source(checkpoint=args.checkpoint, arch=args.arch, weights=args.weights,
                                       normalize=args.normalize, input_size=args.input_size, classes=args.classes,
                                       dataset=args.dataset, data_dir=args.data_dir, split=args.split,
-                                      limit=args.limit)},
+                                      limit=args.limit)} | preprocessing_params(loaded),
         figures=figures,
         tables=[{"title": "Mined activations per layer",
                  "columns": ["layer", "maps", "rule", "mean top-1 value", f"mean top-{args.k} value",

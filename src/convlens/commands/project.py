@@ -107,7 +107,13 @@ def _sanity(model: torch.nn.Module, x: torch.Tensor, proj: Any, args: argparse.N
 
 
 def run(args: argparse.Namespace) -> int:
-    from convlens.commands._common import feature_map_layer, load_image_arg, load_model_from_args, resolve_device_arg
+    from convlens.commands._common import (
+        feature_map_layer,
+        load_image_arg,
+        load_model_from_args,
+        preprocessing_params,
+        resolve_device_arg,
+    )
     from convlens.deconv.project import project_topk, resolve_rule
     from convlens.io.artifacts import save_png, write_result
 
@@ -172,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
                                                                           s["pearson_mean"], strict=False)]})
     params = {"checkpoint": args.checkpoint, "arch": args.arch or loaded.arch, "weights": args.weights,
               "image": str(args.image), "layer": args.layer, "channel": channel, "top": args.top, "rule": args.rule,
-              "sanity": args.sanity, "seed": args.seed}
+              "sanity": args.sanity, "seed": args.seed} | preprocessing_params(loaded)
     summary = (f"{rule} projections of the {args.top} strongest activations of {unit} in {Path(args.image).name}"
                f" (strongest {float(proj.values[0, 0]):.3g}), each cropped to the box holding {SHARE:.0%} of its "
                f"mass; rule {rule}: {reason}")

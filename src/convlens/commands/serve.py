@@ -46,13 +46,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _model_loader(args: argparse.Namespace) -> tuple[Any, str]:
-    """A function loading the model the flags name (None: the run's own checkpoint) and its label."""
+    """A function loading the model the flags name, else the run's own ``checkpoints/last.pt``, and its label
+    (None: no model, uploads are off)."""
     spec = model_spec(args)
     if spec is None:
         if args.weights is not None:
             raise ValueError("--weights goes with --arch SPEC (the architecture they fit), e.g. "
                              "--arch torchvision:resnet18 --weights FILE")
-        return None, ""
+        own = Path(args.run) / "checkpoints" / "last.pt"
+        if not own.is_file():
+            return None, ""
+        return (lambda: load_model_from_args(args, "cpu", spec=str(own))), own.name
     for flag in ("checkpoint", "weights", "classes"):
         value = getattr(args, flag, None)
         if value is not None and not Path(value).is_file():
@@ -80,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     from convlens.explorer.server import ServerLimits, allowed_hosts, make_server
 
     loader, label = _model_loader(args)
+    if loader is not None:  # load it now: its preprocessing line (and a model that does not load) show at start-up
+        loaded = loader()
+        loader = lambda: loaded  # noqa: E731
     hosts = allowed_hosts(args.host, args.allow_host)
     app = create_app(args.run, model=loader, model_label=label, allowed_hosts=hosts,
                      max_pixels=args.max_pixels or MAX_UPLOAD_PIXELS, queue=args.queue, keep=max(32, args.queue),

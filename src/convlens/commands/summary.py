@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from convlens.commands._common import add_model_args, add_out_arg, positive_int
+from convlens.commands._common import add_model_args, add_out_arg, positive_int, preprocessing_params
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
                 for r in rows if not r.name.startswith(skip)]
         write_result(args.out, "summary", title=f"{loaded.arch}: layers, output shapes and parameters (Fig. 3)",
                      summary=f"{loaded.arch} on {size}x{size} inputs, {total:,} parameters, in forward order.",
-                     params={"arch": loaded.arch, "input_size": size, "num_classes": len(loaded.class_names)},
+                     params={"arch": loaded.arch, "input_size": size, "num_classes": len(loaded.class_names)}
+                     | preprocessing_params(loaded),
                      tables=[{"title": title_rows,
                               "columns": ["layer", "output shape", "parameters", "receptive field (size / stride)"],
                               "rows": kept}],

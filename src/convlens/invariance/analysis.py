@@ -1,5 +1,7 @@
 """Feature invariance (Sec. 4.2, Fig. 5): how far the feature vectors of a layer move when the
-image is translated vertically, scaled or rotated, and what happens to the true-label probability.
+image is translated vertically, scaled or rotated, and what happens to the probability of the
+image's class: its true label when labels are given, else the class the model predicts for the
+untransformed image (then called the prediction, never the true label).
 
 Transforms act on the normalized image and keep its size; whatever comes in from outside the
 image is filled with 0 (the training mean, the paper's grey):
@@ -39,9 +41,10 @@ class InvarianceCurves:
         transform: ``translate`` | ``scale`` | ``rotate``.
         params: (P,) the transform parameters (pixels, factors or degrees).
         distances: {layer: (N, P) Euclidean distance to the untransformed image's features}.
-        probs: (N, P) probability of each image's true label.
-        labels: (N,) the true labels used.
+        probs: (N, P) probability of each image's class (``labels``).
+        labels: (N,) the classes followed: the true labels given, else the untransformed images' predictions.
         top_labels: (N, P) most probable class of each transformed image.
+        labels_given: True when ``labels`` are true labels given by the caller, False when predicted.
     """
 
     transform: str
@@ -50,11 +53,18 @@ class InvarianceCurves:
     probs: Tensor
     labels: Tensor
     top_labels: Tensor
+    labels_given: bool = False
+
+    @property
+    def label_kind(self) -> str:
+        """What ``labels`` are, for people: ``true label`` or ``predicted class``."""
+        return "true label" if self.labels_given else "predicted class"
 
     def to_dict(self) -> dict[str, Any]:
         return {"transform": self.transform, "params": self.params.tolist(),
                 "distances": {k: v.tolist() for k, v in self.distances.items()},
-                "probs": self.probs.tolist(), "labels": self.labels.tolist(), "top_labels": self.top_labels.tolist()}
+                "probs": self.probs.tolist(), "labels": self.labels.tolist(), "label_kind": self.label_kind,
+                "top_labels": self.top_labels.tolist()}
 
 
 def shift_images(images: Tensor, dy: int, dx: int = 0, *, circular: bool = False) -> Tensor:
@@ -114,7 +124,7 @@ def invariance_curves(
     layers: tuple[str, ...] | list[str] = ("conv1", "fc7"),
     labels: Tensor | list[int] | None = None,
 ) -> InvarianceCurves:
-    """Fig. 5: feature distances and true-label probability as a function of a transform.
+    """Fig. 5: feature distances and the class probability as a function of a transform.
 
     Args:
         model: a ConvNet (layer names as in ``model.features``) or any classifier (dotted names).
@@ -122,7 +132,8 @@ def invariance_curves(
         transform: ``translate`` (vertical, pixels) | ``scale`` (factor) | ``rotate`` (degrees).
         params: the values to sweep.
         layers: feature layers whose distances are reported.
-        labels: (N,) true labels (default: the class predicted for the untransformed image).
+        labels: (N,) true labels (default: the class predicted for the untransformed image, and the result
+            says so: ``labels_given`` False).
 
     Returns:
         :class:`InvarianceCurves`.
@@ -161,4 +172,4 @@ def invariance_curves(
         model.train(was_training)
     return InvarianceCurves(transform, torch.tensor([float(p) for p in params]),
                             {k: torch.stack(v, 1) for k, v in dists.items()}, torch.stack(probs, 1), lab,
-                            torch.stack(tops, 1))
+                            torch.stack(tops, 1), labels is not None)

@@ -1,5 +1,6 @@
 """The Fig. 5 figure of an invariance analysis: per transformation, example transformed images, the
-feature distance per layer and P(true label), one curve per image."""
+feature distance per layer and P(class), one curve per image; the class is the true label when labels
+were given, else the prediction for the untransformed image, and the panel title says which."""
 from __future__ import annotations
 
 from typing import Any
@@ -35,7 +36,8 @@ def render_invariance(
         for i, n in enumerate(names):
             ax[r, -1].plot(c.params.numpy(), c.probs[i].cpu().numpy(), marker=".", label=n)
         ax[r, -1].set_ylim(-0.02, 1.02)
-        ax[r, -1].set_title("P(true label)", fontsize=9)
+        ax[r, -1].set_title("P(true label)" if c.labels_given else "P(predicted class)\nthe class predicted for "
+                            "the untransformed image", fontsize=9)
         for a in ax[r, 1:]:
             a.set_xlabel(units[t], fontsize=8)
             a.grid(alpha=0.3)

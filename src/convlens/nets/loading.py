@@ -4,7 +4,8 @@ Model specs:
 
 - ``path/to/last.pt``: a convlens checkpoint (written by ``convlens train``),
 - ``torchvision:NAME``: a torchvision classification model (``torchvision:resnet18``),
-- ``timm:NAME``: a timm model (needs the optional extra: ``pip install 'convlens[timm]'``),
+- ``timm:NAME``: a timm model (needs the optional extra: ``pip install -e '.[timm]'`` in a clone of
+  convlens, or ``pip install timm``),
 - ``path/to/file.py:factory``: ``factory`` in your own file, a class or a function returning an
   ``nn.Module``, called without arguments,
 - ``package.module:factory``: the same from an importable module,
@@ -40,6 +41,7 @@ from convlens.nets.meta import (
     NORMALIZE_PRESETS,
     MeanStd,
     Meta,
+    PreprocessingProvenance,
     make_preprocessing,
     parse_normalize,
     read_classes,
@@ -60,7 +62,8 @@ _MODULE_SPEC = re.compile(r"^(?P<mod>[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*):(?P<attr>[
 class Loaded:
     """A model ready for analysis (eval mode) with what is needed to feed and read it.
 
-    ``input_size`` is the side of the network input (the preprocessing's center crop).
+    ``input_size`` is the side of the network input (the preprocessing's center crop); ``provenance``
+    says what the preprocessing is and where each part came from (``provenance.line()`` for people).
     """
 
     model: nn.Module
@@ -69,6 +72,7 @@ class Loaded:
     arch: str
     epoch: int | None = None
     path: str | None = None
+    provenance: PreprocessingProvenance | None = None
 
     @property
     def input_size(self) -> int:
@@ -242,8 +246,8 @@ def _timm(name: str, n: int | None) -> tuple[nn.Module, MeanStd | None, int | No
     try:
         import timm
     except ImportError:
-        raise ImportError(f"timm:{name} needs the optional timm extra: pip install 'convlens[timm]' "
-                          "(or pip install timm)") from None
+        raise ImportError(f"timm:{name} needs the optional timm extra: pip install -e '.[timm]' in a clone of "
+                          "convlens (or pip install timm)") from None
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"did you mean {', '.join('timm:' + c for c in close)}?" if close else "see timm.list_models()"
@@ -400,13 +404,20 @@ def load_model(spec: str | Path, *, weights: str | Path | None = None,
     elif names is not None and outputs is not None and len(names) != outputs:
         raise ValueError(f"--classes has {len(names)} names but {label} has {outputs} outputs; give one name per "
                          "output, in output order")
+    tf_convs = 0
     if tf_padding if tf_padding is not None else meta.tf_padding:
+        tf_convs = sum(isinstance(m, nn.Conv2d) and m.stride != (1, 1) for m in model.modules())
         use_tf_same_padding(model)
     model.to(map_location).eval()
     if input_size is not None and input_size != (own_pre.crop if own_pre is not None else own_size):
         _check_runs(model, input_size, label)
     path = str(weights) if weights is not None else (parsed.target if parsed.kind == "checkpoint" else None)
-    return Loaded(model, pre, list(class_names), label, epoch, path)
+    sources = _Sources(size=input_size is not None, norm=norm is not None, meta=meta, own_pre=own_pre is not None,
+                       own_size=own_size is not None, own_norm=own_norm is not None, own_resize=own_resize is not None)
+    tf_from = None if not tf_convs else "argument" if tf_padding is not None else \
+        f"meta.json source {meta.source_file}"
+    provenance = _provenance(pre, sources, tf_convs, tf_from)
+    return Loaded(model, pre, list(class_names), label, epoch, path, provenance)
 
 
 def _check_runs(model: nn.Module, size: int, label: str) -> None:
@@ -419,6 +430,44 @@ def _check_runs(model: nn.Module, size: int, label: str) -> None:
         detail = str(exc).strip().splitlines()[0][:120]
         raise ValueError(f"--input-size {size}: {label} cannot run on {size}x{size} inputs ({detail}); give the "
                          "size it was built for, or leave --input-size out") from None
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """Which of the four sources (see :mod:`convlens.nets.meta`) gave a value: the caller's flags, the
+    meta.json, the model's own (checkpoint or model spec)."""
+
+    size: bool
+    norm: bool
+    meta: Meta
+    own_pre: bool
+    own_size: bool
+    own_norm: bool
+    own_resize: bool
+
+
+def _provenance(pre: Preprocessing, s: _Sources, tf_convs: int, tf_from: str | None) -> PreprocessingProvenance:
+    """What ``pre`` is and where each part came from, following the precedence of :func:`load_model`."""
+    own = "checkpoint" if s.own_pre else "model"
+    size_from = "flag" if s.size else "meta.json" if s.meta.input_size else \
+        own if s.own_pre or s.own_size else "default"
+    norm_from = "flag" if s.norm else "meta.json" if s.meta.normalize else \
+        own if s.own_pre or s.own_norm else "default"
+    kept = s.own_pre and norm_from == "checkpoint" and size_from == "checkpoint"  # the checkpoint's, untouched
+    resize_from = "checkpoint" if kept else "meta.json" if s.meta.resize else "model" if s.own_resize else \
+        "checkpoint" if s.own_pre else "default"
+    mean, std = _per_channel(pre.mean, pre.scale, "mean"), _per_channel(pre.std, pre.scale, "std")
+    return PreprocessingProvenance(int(pre.crop), int(pre.resize), mean, std, size_from, resize_from, norm_from,
+                                   tf_convs, tf_from, s.meta.path)
+
+
+def _per_channel(t: torch.Tensor, scale: float, what: str) -> tuple[float, ...] | str:
+    """Per-channel values in [0, 1] units, or a description of a per-pixel image (the paper's mean image)."""
+    if what == "std" and scale != 1 and bool((t == 1).all()):
+        return f"none (pixels 0..{scale:g} minus the mean, not divided)"  # the paper's recipe
+    if t.shape[-2:] == (1, 1):
+        return tuple(round(float(v) / scale, 6) for v in t.flatten())
+    return f"per-pixel {what} image {tuple(t.shape)}"
 
 
 def _preprocessing(own: Preprocessing | None, norm: MeanStd | None, size: int | None,

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # no torch at import time: the CLI reads NORMALIZE_HELP while building its parser
     from convlens.images.data import Preprocessing
 
-__all__ = ["NORMALIZE_HELP", "NORMALIZE_PRESETS", "MeanStd", "Meta", "make_preprocessing", "parse_normalize",
-           "read_classes", "read_meta"]
+__all__ = ["NORMALIZE_HELP", "NORMALIZE_PRESETS", "SOURCES", "MeanStd", "Meta", "PreprocessingProvenance",
+           "make_preprocessing", "parse_normalize", "read_classes", "read_meta"]
 
 MeanStd = tuple[tuple[float, float, float], tuple[float, float, float]]
 
@@ -118,6 +118,8 @@ class Meta:
     resize: int | None = None
     class_names: list[str] | None = None
     tf_padding: bool = False
+    source_file: str | None = None  # meta.json's source.file (the model the weights were converted from)
+    path: str | None = None  # the meta.json read, if any
 
 
 def _positive_int(v: object, what: str, path: Path) -> int | None:
@@ -161,8 +163,63 @@ def read_meta(folder: str | Path) -> Meta:
                 break
     source = info.get("source", {})
     tf = isinstance(source, dict) and str(source.get("file", "")).endswith((".tflite", ".pb"))
+    source_file = str(source["file"]) if isinstance(source, dict) and source.get("file") else None
     return Meta(normalize, _positive_int(inp.get("size"), "input.size", path),
-                _positive_int(inp.get("resize"), "input.resize", path), names, tf)
+                _positive_int(inp.get("resize"), "input.resize", path), names, tf, source_file,
+                str(path) if path.is_file() else None)
+
+
+SOURCES = ("flag", "meta.json", "checkpoint", "model", "default")
+"""Where a preprocessing value came from, in the order of precedence of the module docstring."""
+
+
+def _numbers(values: Sequence[float] | str) -> str:
+    return values if isinstance(values, str) else ",".join(f"{v:.4g}" for v in values)
+
+
+@dataclass(frozen=True)
+class PreprocessingProvenance:
+    """The preprocessing a loaded model is fed with, and where each part came from (one of :data:`SOURCES`).
+
+    Attributes:
+        input_size: network input side (the center crop), in pixels.
+        resize: the short side is resized to this before the crop.
+        mean, std: per-channel values in [0, 1] units, or a description (a per-pixel mean image).
+        size_from, resize_from, normalize_from: where the size, the resize and mean/std came from.
+        tf_padding_convs: stride-2 convs given TF "SAME" padding (0: the fix is off).
+        tf_padding_from: why it is on (``meta.json source model.tflite``, ``argument``), or None.
+        meta_json: the ``meta.json`` read beside the weights or checkpoint, or None.
+    """
+
+    input_size: int
+    resize: int
+    mean: tuple[float, ...] | str
+    std: tuple[float, ...] | str
+    size_from: str
+    resize_from: str
+    normalize_from: str
+    tf_padding_convs: int = 0
+    tf_padding_from: str | None = None
+    meta_json: str | None = None
+
+    def line(self) -> str:
+        """One line for people, e.g. ``preprocessing: 224 px (resize 256, center crop) from meta.json; ...``."""
+        resize = f"resize {self.resize}" + (f" from {self.resize_from}" if self.resize_from != self.size_from
+                                             and self.resize_from != "default" else "")
+        parts = [f"{self.input_size} px ({resize}, center crop) from {self.size_from}",
+                 f"mean {_numbers(self.mean)} std {_numbers(self.std)} from {self.normalize_from}"]
+        if self.tf_padding_convs:
+            parts.append(f"TF SAME padding on {self.tf_padding_convs} stride-2 convs ({self.tf_padding_from})")
+        return "preprocessing: " + "; ".join(parts)
+
+    def to_dict(self) -> dict[str, object]:
+        """The same, structured, for ``result.json`` (``params.preprocessing``)."""
+        return {"input_size": self.input_size, "resize": self.resize, "crop": "center",
+                "mean": self.mean if isinstance(self.mean, str) else list(self.mean),
+                "std": self.std if isinstance(self.std, str) else list(self.std),
+                "size_from": self.size_from, "resize_from": self.resize_from, "normalize_from": self.normalize_from,
+                "tf_same_padding": self.tf_padding_convs > 0, "tf_padding_convs": self.tf_padding_convs,
+                "tf_padding_from": self.tf_padding_from, "meta_json": self.meta_json, "line": self.line()}
 
 
 def make_preprocessing(normalize: MeanStd, input_size: int, resize: int | None = None) -> Preprocessing:

@@ -32,7 +32,7 @@ SECTIONS: dict[str, tuple[str, str, str]] = {
                   "The strongest activation of a few maps per layer, projected, at successive epochs."),
     "invariance": ("Feature invariance", "Fig. 5",
                    "Distance between the features of an image and its translated, scaled and rotated "
-                   "versions, per layer, and the true-label probability."),
+                   "versions, per layer, and the probability of the image's class (true or predicted)."),
     "diagnose": ("Architecture selection", "Fig. 6", "Layer-1 filters and features, compared across models."),
     "occlusion": ("Occlusion sensitivity", "Fig. 7",
                   "A grey square slides over the image; maps show the feature activity, the correct-class "
