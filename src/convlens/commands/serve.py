@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
           f"(answers to {', '.join(hosts)}; Ctrl-C stops it)", flush=True)
     if args.host not in LOCAL_HOSTS:
         print(f"warning: bound to {args.host}: everyone who can reach this address can browse this run and "
-              "run the model on images they upload; there is no login", flush=True)
+              "run the model on images they upload (when it has one); there is no login", flush=True)
     try:
         server.run()
     except KeyboardInterrupt:

@@ -214,8 +214,10 @@ class _Server(TcpWSGIServer):
                 channel.will_close = True
 
     def readable(self) -> bool:
-        if self.accepting and len(self._map) >= self.adj.connection_limit:  # waitress stops accepting there
+        full = self.accepting and len(self._map) >= self.adj.connection_limit  # waitress stops accepting there
+        if full:
             self._evict()
+        self.in_connection_overflow = full  # set here, waitress would log a line at each switch
         return bool(super().readable())
 
     def _evict(self) -> None:
