@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -79,10 +80,11 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 def closed(s: socket.socket) -> bool:
-    try:
-        return s.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
-    except BlockingIOError:
+    """Whether the server closed ``s`` (without waiting: ``s`` has a timeout, so ``recv`` would wait)."""
+    if not select.select([s], [], [], 0)[0]:
         return False  # open, nothing to read
+    try:
+        return s.recv(1, socket.MSG_PEEK) == b""
     except OSError:
         return True
 
@@ -257,5 +259,29 @@ def test_wildcard_bind_prints_a_url_that_answers(run_dir: Path) -> None:
         text = "".join(lines)
         assert "everyone who can reach this address can browse this run and run the model" in text, text
         record({"wildcard_bind_url_status": status})
+    finally:
+        stop(proc)
+
+
+def test_trickled_body_is_dropped_below_the_minimum_rate(run_dir: Path) -> None:
+    """A body sent 10 bytes every 0.3 s (each resetting the idle timeout) is dropped once it falls
+    behind 500 bytes/s after the --timeout grace."""
+    proc, _, url = start(run_dir, "--timeout", "2")
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(b"POST /analyze HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                  b"Content-Length: 100000\r\n\r\n")
+        t0 = time.time()
+        while time.time() - t0 < 20 and not closed(s):
+            try:
+                s.sendall(b"x" * 10)
+            except OSError:
+                break
+            time.sleep(0.3)
+        held = time.time() - t0
+        s.close()
+        assert held < 2 + 2.5, held  # grace 2 s + 0.1 s for 50 bytes + cleanup (1 s) and pace
+        record({"trickled_body_held_s": round(held, 2)})
     finally:
         stop(proc)
