@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "a proxy that checks it). Default: localhost names and the bound address")
     p.add_argument("--timeout", type=float, default=30.0,
                    help="seconds before an idle or stalled connection is closed (default 30)")
+    p.add_argument("--head-timeout", type=float, default=10.0,
+                   help="seconds a client has to send a whole request head, however slowly it trickles "
+                        "(default 10); bodies must then arrive at 500 bytes/s or more")
     p.add_argument("--threads", type=int, default=8, help="worker threads answering requests (default 8)")
     p.add_argument("--queue", type=int, default=4,
                    help="uploads queued or being analysed at most; more get 503 (default 4)")
@@ -74,14 +77,15 @@ def run(args: argparse.Namespace) -> int:
     for name in ("threads", "queue"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.timeout <= 0:
-        raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    for name in ("timeout", "head_timeout"):
+        if not 0 < getattr(args, name) < float("inf"):
+            raise ValueError(f"--{name.replace('_', '-')} must be a number of seconds > 0, got {getattr(args, name)}")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if not Path(args.run).is_dir():
         raise NotADirectoryError(f"run directory {args.run!r} does not exist")
     from convlens.explorer import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, create_app
-    from convlens.explorer.server import ServerLimits, allowed_hosts, make_server
+    from convlens.explorer.server import LOCAL_HOSTS, ServerLimits, allowed_hosts, make_server
 
     loader, label = _model_loader(args)
     if loader is not None:  # load it now: its preprocessing line (and a model that does not load) show at start-up
@@ -91,14 +95,15 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(args.run, model=loader, model_label=label, allowed_hosts=hosts,
                      max_pixels=args.max_pixels or MAX_UPLOAD_PIXELS, queue=args.queue, keep=max(32, args.queue),
                      preload=True, device=str(resolve_device_arg(args)))
-    limits = ServerLimits(threads=args.threads, timeout=args.timeout, max_body=MAX_UPLOAD_BYTES + 256 * 1024)
+    limits = ServerLimits(threads=args.threads, timeout=args.timeout, head_timeout=args.head_timeout,
+                          max_body=MAX_UPLOAD_BYTES + 256 * 1024)
     server = make_server(app, args.host, args.port, limits)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: binding {args.host}: anyone who can reach this machine can use the explorer")
     port = server.effective_port
-    shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"convlens explorer for {Path(args.run).resolve()} at http://{shown}:{port}/ "
+    print(f"convlens explorer for {Path(args.run).resolve()} at {_url(args.host, hosts, port)} "
           f"(answers to {', '.join(hosts)}; Ctrl-C stops it)", flush=True)
+    if args.host not in LOCAL_HOSTS:
+        print(f"warning: bound to {args.host}: everyone who can reach this address can browse this run and "
+              "run the model on images they upload (when it has one); there is no login", flush=True)
     try:
         server.run()
     except KeyboardInterrupt:
@@ -106,3 +111,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.close()
     return 0
+
+
+def _url(bind: str, hosts: tuple[str, ...], port: int) -> str:
+    """The URL to open: the bound address, or for a wildcard bind this machine's first address."""
+    from convlens.explorer.server import LOCAL_HOSTS, WILDCARD_BINDS
+
+    shown = bind
+    if bind in WILDCARD_BINDS:
+        shown = next((h for h in hosts if h not in LOCAL_HOSTS and h != "*"), "127.0.0.1")
+    return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"

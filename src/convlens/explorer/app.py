@@ -21,8 +21,9 @@ from werkzeug.exceptions import HTTPException
 
 from convlens.explorer.jobs import Job, JobQueue, release_memory
 from convlens.explorer.ondemand import Projector
+from convlens.explorer.public import public_json
 from convlens.explorer.runindex import RULE_CHOICES, Mined, index_mine
-from convlens.explorer.server import LOCAL_HOSTS, HostAllowlist
+from convlens.explorer.server import LOCAL_HOSTS, guard
 from convlens.explorer.uploads import MAX_UPLOAD_PIXELS, ImageTooLarge, decode_upload
 from convlens.io.manifest import Result, Run, inside, load_run
 
@@ -180,7 +181,7 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
     app.extensions["convlens"] = state
-    app.wsgi_app = HostAllowlist(app.wsgi_app, allowed_hosts)  # type: ignore[method-assign]
+    app.wsgi_app = guard(app.wsgi_app, allowed_hosts)  # type: ignore[method-assign]
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[str, int]:
@@ -243,6 +244,8 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
         target = inside(state.root, rel)
         if target is None or target.suffix.lower() not in SERVED_SUFFIXES or not target.is_file():
             abort(404, "no such file in this run")
+        if target.suffix.lower() == ".json":  # without this machine's absolute paths
+            return Response(public_json(target, state.root), mimetype="application/json")
         return send_from_directory(state.root, target.relative_to(state.root).as_posix(), max_age=3600)
 
     @app.route("/analyze", methods=["POST"])
