@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_key", "cached_features", "file_fingerprint"]
+__all__ = ["cache_key", "cached_features", "file_fingerprint", "weights_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,25 @@ def file_fingerprint(path: str | os.PathLike[str] | None) -> str:
     p = Path(path).resolve()
     st = p.stat()
     return f"{p}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def weights_fingerprint(model: Any) -> str:
+    """The model's identity by value: a hash of every ``state_dict`` entry's name, dtype, shape and bytes.
+
+    Two models with equal weights (however they were loaded) share it; any changed number changes
+    it. One pass over the weights (about 1 s per 100 M float32 parameters on a CPU).
+    """
+    import torch
+
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in model.state_dict().items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        flat = t.detach().reshape(-1).cpu().contiguous()
+        h.update(f"{name}|{flat.dtype}|{tuple(t.shape)}|".encode())
+        if flat.numel():
+            h.update(memoryview(flat.view(torch.uint8).numpy()))
+    return h.hexdigest()
 
 
 def cache_key(model_id: str, layer: str, dataset_id: str, extra: Mapping[str, object]) -> str:

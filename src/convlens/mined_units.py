@@ -6,11 +6,13 @@ map chunk, re-loads the top-k images by dataset index, projects their units in b
 
     OUT/units/<layer>/<map>_<rank>_proj.png    projection cropped to the unit's receptive field
     OUT/units/<layer>/<map>_<rank>_patch.png   the image inside the same box
-    OUT/units/<layer>/<map>.json               {"layer", "map", "rule", "saturated", "entries": [...]}
+    OUT/units/<layer>/<map>.json               {"layer", "map", "rule", "weights", "saturated", "entries": [...]}
 
 Memory is bounded by one chunk (``chunk_maps`` maps x k units), whatever the dataset or layer
 size. A map's JSON is written (atomically) after its PNGs, so it marks the map as done: a stopped
-run that is started again skips every map whose JSON matches the current top-k and rule.
+run that is started again skips every map whose JSON matches the current top-k, rule and weights
+(``weights``: :func:`convlens.feature_cache.weights_fingerprint`, a hash of the model's tensors),
+so a rerun into the same folder with another model recomputes every map.
 
 :func:`layer_sheets` reads those PNGs back and lays out labelled Fig. 2 sheets
 (:mod:`convlens.fig2`); it never needs the projections in memory.
@@ -92,15 +94,15 @@ def map_entries(top: TopActivations, m: int, class_names: Sequence[str], describ
     return out
 
 
-def _done(path: Path, entries: list[dict[str, Any]], rule: str) -> list[dict[str, Any]] | None:
-    """The saved entries of a finished map if they match the current top-k and rule."""
+def _done(path: Path, entries: list[dict[str, Any]], rule: str, weights: str) -> list[dict[str, Any]] | None:
+    """The saved entries of a finished map if they match the current top-k, rule and model weights."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     old = saved.get("entries") or []
-    same = saved.get("rule") == rule and [(e["index"], e["y"], e["x"]) for e in old] == \
-        [(e["index"], e["y"], e["x"]) for e in entries]
+    same = saved.get("rule") == rule and saved.get("weights") == weights and \
+        [(e["index"], e["y"], e["x"]) for e in old] == [(e["index"], e["y"], e["x"]) for e in entries]
     if not same or not all((path.parent.parent.parent / e["projection"]).is_file() for e in old):
         return None
     return old
@@ -120,6 +122,7 @@ def project_mined(
     batch: int = 8,
     min_side: int = 48,
     progress: Any = None,
+    weights: str | None = None,
 ) -> MinedUnits:
     """Project and save every top-k unit of ``maps`` (default: all maps of the layer), resumably.
 
@@ -137,15 +140,19 @@ def project_mined(
             the network with gradients: about 100 MB per unit for MobileNetV2 at 224 px on the generic path).
         min_side: PNG tiles smaller than this are enlarged (nearest neighbour).
         progress: a ``tqdm`` bar advanced by one per unit (projected or found done).
+        weights: the model's :func:`convlens.feature_cache.weights_fingerprint` (computed here when
+            None; pass it to hash once for several layers). Saved maps of other weights are recomputed.
 
     Example:
         >>> done = project_mined(model, ds, tops["features.3"], "out", to_pixels=ds.pre.denormalize)
         >>> done.entries[7][0]["projection"]   # 'units/features.3/7_0_proj.png'
     """
+    from .feature_cache import weights_fingerprint
     from .rules import resolve_rule
     from .tiles import unit_tiles
 
     rule, reason = resolve_rule(model, top.layer, rule)
+    weights = weights or weights_fingerprint(model)
     out = Path(out)
     folder = out / "units" / top.layer
     folder.mkdir(parents=True, exist_ok=True)
@@ -157,7 +164,7 @@ def project_mined(
     todo = []
     for m in maps:
         fresh = map_entries(top, m, class_names, describe)
-        old = _done(folder / f"{m}.json", fresh, rule)
+        old = _done(folder / f"{m}.json", fresh, rule, weights)
         if old is None:
             todo.append(m)
         else:
@@ -180,7 +187,8 @@ def project_mined(
             for r, e in enumerate(fresh):
                 save_png(proj[i, r], out / e["projection"])
                 save_png(patch[i, r], out / e["patch"])
-            doc = {"layer": top.layer, "map": m, "rule": rule, "saturated": bool(saturated[m]), "entries": fresh}
+            doc = {"layer": top.layer, "map": m, "rule": rule, "weights": weights, "saturated": bool(saturated[m]),
+                   "entries": fresh}
             _write_json(folder / f"{m}.json", doc)
             entries[m] = fresh
         del tiles, proj, patch

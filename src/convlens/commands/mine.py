@@ -18,7 +18,6 @@ writes.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import distributed
     from ..data import collate_skip
+    from ..feature_cache import weights_fingerprint
     from ..mining import mine_top_activations
     from ._common import load_model_from_args, open_dataset_from_args, parse_layers, resolve_device_arg
 
@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         spec = args.checkpoint or f"{args.arch}:{args.weights}"
-        stamp = os.stat(args.checkpoint or args.weights).st_mtime if (args.checkpoint or args.weights) else 0
-        key = (f"{spec}@{stamp}|{args.dataset}|{args.data_dir}|{args.split}|{args.limit}|{args.normalize}|"
+        args.weights_hash = weights_fingerprint(loaded.model)  # the model by value: once per run
+        key = (f"{spec}@{args.weights_hash}|{args.dataset}|{args.data_dir}|{args.split}|{args.limit}|{args.normalize}|"
                f"{args.input_size}|{','.join(layers)}")
         tops = mine_top_activations(loaded.model, loader, layers, k=args.k, per_image=args.per_image,
                                     state_path=out / "mine.state", save_every=args.save_every, state_key=key,
@@ -124,7 +124,8 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
             c = top.values.shape[0]
             maps = list(range(c)) if args.project == "all" else shown[layer]
             done = project_mined(loaded.model, ds, top, out, maps=maps, rule=args.rule,
-                                 to_pixels=loaded.preprocessing.denormalize, class_names=names, progress=bar)
+                                 to_pixels=loaded.preprocessing.denormalize, class_names=names, progress=bar,
+                                 weights=getattr(args, "weights_hash", None))
             sat = [int(m) for m in torch.nonzero(top.saturated).flatten().tolist()]
             bar.write(f"{layer}: rule {done.rule} ({done.reason})" + (f"; {len(sat)}/{c} maps saturate at "
                       f"{top.ceiling:g}: ranked by their pre-clip value" if top.ceiling is not None else "")
