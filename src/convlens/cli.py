@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         if info.name.startswith("_"):
             continue
         importlib.import_module(f"{commands.__name__}.{info.name}").register(sub)
+    from .commands._common import harden_number_flags
+
+    harden_number_flags(parser)
     return parser
 
 

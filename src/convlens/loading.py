@@ -36,7 +36,16 @@ import torch
 from torch import nn
 
 from .data import Preprocessing
-from .model_meta import NORMALIZE_PRESETS, MeanStd, Meta, make_preprocessing, parse_normalize, read_classes, read_meta
+from .model_meta import (
+    NORMALIZE_PRESETS,
+    MeanStd,
+    Meta,
+    fixed_input_size,
+    make_preprocessing,
+    parse_normalize,
+    read_classes,
+    read_meta,
+)
 
 __all__ = ["SPEC_HELP", "Loaded", "fit_state_dict", "load_model", "parse_spec", "read_state_dict"]
 
@@ -293,6 +302,11 @@ def _user_factory(spec: Spec) -> nn.Module:
     except TypeError as exc:
         raise ValueError(f"model spec {label}: calling {spec.attr}() failed ({exc}); the factory must build the "
                          "model without arguments: wrap it, e.g. def build(): return Net(num_classes=10)") from exc
+    except Exception as exc:  # the factory's own bug (a RuntimeError is not about any input image)
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ValueError(f"model spec {label}: the factory {spec.attr}() raised {type(exc).__name__}"
+                         f"{': ' + detail if detail else ''}; the error is in the factory's code, not in the "
+                         "input (--debug shows where)") from exc
     if not isinstance(model, nn.Module):
         raise ValueError(f"model spec {label}: {spec.attr}() returned {type(model).__name__}, expected an nn.Module")
     return model
@@ -364,7 +378,7 @@ def load_model(spec: str | Path, *, weights: str | Path | None = None,
     label = str(spec)
     if parsed.kind == "checkpoint":
         model, ckpt = _from_checkpoint(parsed.target)
-        own_pre = Preprocessing.from_dict(ckpt["preprocessing"])
+        own_pre = _checkpoint_preprocessing(ckpt["preprocessing"], parsed.target)
         own_names, epoch, label = list(ckpt["class_names"]), ckpt.get("epoch"), str(ckpt["arch"])
     elif parsed.kind == "torchvision":
         model, label = _torchvision(parsed.target, n), f"torchvision:{parsed.target}"
@@ -378,8 +392,11 @@ def load_model(spec: str | Path, *, weights: str | Path | None = None,
         own_size = model.cfg.input_size
     else:
         model = _user_factory(parsed)
+    own_size = fixed_input_size(model) or own_size  # a vision transformer takes one size only
     if state is not None:
         fit_state_dict(model, state, source=f"--weights {weights}", arch=label)
+    _check_finite(model, f"--weights {weights}" if weights is not None else
+                  (f"checkpoint {parsed.target}" if parsed.kind == "checkpoint" else f"model spec {label}"))
     folder = Path(weights).parent if weights is not None else (
         Path(parsed.target).parent if parsed.kind == "checkpoint" else None)
     meta = read_meta(folder) if folder is not None else Meta()
@@ -399,6 +416,30 @@ def load_model(spec: str | Path, *, weights: str | Path | None = None,
         _check_runs(model, input_size, label)
     path = str(weights) if weights is not None else (parsed.target if parsed.kind == "checkpoint" else None)
     return Loaded(model, pre, list(class_names), label, epoch, path)
+
+
+def _check_finite(model: nn.Module, source: str) -> None:
+    """Refuse weights holding NaN or infinity (a diverged run, a damaged file): every result would be NaN."""
+    bad = [k for k, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"{source}: {len(bad)} tensor(s) hold NaN or infinite values ({_few(bad)}); the weights "
+                         "come from a diverged run or a damaged file: use an earlier checkpoint")
+
+
+def _checkpoint_preprocessing(d: Any, path: str) -> Preprocessing:
+    """The checkpoint's saved preprocessing, checked (sizes, a mean and std that broadcast to an image)."""
+    try:
+        pre = Preprocessing.from_dict(d)
+        ok = 0 < pre.crop <= pre.resize <= 16384 and all(bool(torch.isfinite(t).all()) for t in (pre.mean, pre.std))
+        ok = ok and bool((pre.std != 0).all()) and bool(torch.isfinite(pre.normalize(torch.zeros(3, 8, 8))).all())
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        ok, why = False, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}"
+    else:
+        why = f"resize {pre.resize}, crop {pre.crop}, a zero or non-finite std or mean"
+    if not ok:
+        raise ValueError(f"checkpoint {path}: its 'preprocessing' entry is damaged ({why}); re-save it with "
+                         "convlens.checkpoint.save_checkpoint, or load the weights with --arch SPEC --weights FILE")
+    return pre
 
 
 def _check_runs(model: nn.Module, size: int, label: str) -> None:

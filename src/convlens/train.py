@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -123,6 +124,7 @@ class TrainConfig:
     normalize_std: bool | None = None  # divide inputs by the training pixel std; None: only with init="kaiming"
 
     def __post_init__(self) -> None:
+        _check_types(self)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
         for name, value in positive.items():
             if not value > 0:
@@ -139,9 +141,38 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive number of images, got {value}")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0 or self.workers < 0:
             raise ValueError("momentum must be in [0, 1), weight_decay >= 0 and workers >= 0")
+        for name in ("warmup_epochs", "plateau_patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 epochs, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be from 0 to {2**32 - 1}, got {self.seed}")
 
     def replace(self, **kw: object) -> TrainConfig:
         return dataclasses.replace(self, **kw)  # type: ignore[arg-type]
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Each field has its annotated kind (a TOML ``epochs = "ten"`` is named, not a Python error deep
+    inside the run); floats are finite."""
+    for f in dataclasses.fields(cfg):
+        value, kind = getattr(cfg, f.name), str(f.type)
+        if value is None and "None" in kind:
+            continue
+        if kind.startswith("int"):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind.startswith("float"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        elif kind.startswith("bool"):
+            ok = isinstance(value, bool)
+        elif kind.startswith("str"):
+            ok = isinstance(value, str)
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{f.name} must be {_KINDS[kind.split(' ')[0]]}, got {value!r}")
+
+
+_KINDS = {"int": "a whole number", "float": "a finite number", "bool": "true or false", "str": "a string"}
 
 
 @torch.no_grad()

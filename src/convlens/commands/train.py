@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._common import out_dir, positive_int
+from ._common import out_dir, positive_float, positive_int
 
 if TYPE_CHECKING:
     from ..train import TrainConfig
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=lambda text: str(out_dir(text)), default=_S, help="run directory (required)")
     p.add_argument("--epochs", type=int, default=_S, help="number of epochs (default 10)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=_S, help="global mini-batch (default 128)")
-    p.add_argument("--lr", type=float, default=_S, help="initial learning rate (default 0.01)")
+    p.add_argument("--lr", type=positive_float, default=_S, help="initial learning rate (default 0.01)")
     p.add_argument("--momentum", type=float, default=_S, help="SGD momentum (default 0.9)")
     p.add_argument("--weight-decay", dest="weight_decay", type=float, default=_S, help="default 0")
     p.add_argument("--init", choices=("paper", "kaiming"), default=_S,
@@ -108,6 +108,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values: dict[str, Any] = {}
     run_config = Path(getattr(args, "out", "")) / "config.json"
+    if getattr(args, "resume", False) and getattr(args, "out", None) and not run_config.is_file() \
+            and not (Path(args.out) / "checkpoints").is_dir():
+        raise ValueError(f"--resume: {args.out} holds no training run (no config.json, no checkpoints/); "
+                         "check the --out path, or leave out --resume to start a new run there")
     if getattr(args, "resume", False) and getattr(args, "out", None) and run_config.is_file():
         # --resume continues the run as configured; flags given now (e.g. --epochs, a lower --lr) override
         values.update({k: v for k, v in json.loads(run_config.read_text()).items() if k in fields})
