@@ -413,9 +413,13 @@ class _Run:
                  row["val_loss"], row["val_top1_err"], row["val_top5_err"], lr, row["seconds"],
                  t["images"] / t["seconds"])
         if self.info.main and self.out is not None:
-            with defer_sigint():  # Ctrl-C while saving: finish the (atomic) save, then stop
-                self._save(epoch, row)
-                write_metrics(self.out / "metrics.csv", self.rows)
+            try:
+                with defer_sigint():  # Ctrl-C while saving: finish the (atomic) save, then stop
+                    self._save(epoch, row)
+                    write_metrics(self.out / "metrics.csv", self.rows)
+            except BaseException:  # not saved (a full disk): result.json must not report this epoch
+                self.rows.pop()
+                raise
         return row
 
     # --------------------------------------------------------------- checkpoints and resume
