@@ -121,3 +121,29 @@ def test_fixed_size_model_gets_its_own_input_size(tmp_path):
                  "--layer", "conv_proj", "--top", "2", "--rule", "gradient", "--out", str(out)]) == 0
     assert json.loads((out / "result.json").read_text())["kind"] == "project"
     assert Path(out / "grid.png").is_file()
+
+
+def test_progress_bars_in_a_log_stay_a_few_lines():
+    import io
+    import re
+    import time
+
+    from convlens.progress import progress_bar
+
+    log = io.StringIO()  # a file or CI log: not a terminal
+    for _ in progress_bar(range(2000), file=log, desc="epoch"):
+        time.sleep(0.0002)
+    redraws = [part for part in re.split(r"[\r\n]", log.getvalue()) if part.strip()]
+    assert 1 <= len(redraws) <= 3 and "2000/2000" in redraws[-1]
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    bar = progress_bar(range(10), file=term)
+    assert bar.mininterval == 0.1  # tqdm's own default on a terminal
+    bar.close()
+    src = Path(__file__).parents[1] / "src" / "convlens"
+    users = [p.name for p in src.rglob("*.py") if re.search(r"^\s*from tqdm", p.read_text(), re.M)]
+    assert users == ["progress.py"]  # every bar goes through the one helper

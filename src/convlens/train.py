@@ -41,7 +41,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from . import distributed
 from ._rundir import (
@@ -61,6 +60,7 @@ from .device import resolve_device
 from .distributed import DistInfo, all_reduce_sum
 from .evaluation import average_log_proba, device_of, evaluate, predict_log_proba, topk_correct, topk_errors
 from .model import ConvNet, get_config, init_weights
+from .progress import progress_bar
 from .train_data import RunData, identity_preprocessing, make_loader, open_run_data, random_subset
 from .train_data import collate as _collate
 
@@ -233,7 +233,7 @@ def train_one_epoch(
     device = device_of(model)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss*n, top1, top5, n
     start = time.perf_counter()
-    bar = tqdm(loader, disable=not progress, unit="batch", leave=False, dynamic_ncols=True)
+    bar = progress_bar(loader, disable=not progress, unit="batch", leave=False, dynamic_ncols=True)
     for batch in bar:
         x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         if len(y) == 0:  # every image of the batch was unreadable (logged by the dataset)
@@ -373,7 +373,7 @@ class _Run:
             if self.rows:  # resumed: restore rows a kill may have lost (the checkpoint is the truth)
                 write_metrics(self.out / "metrics.csv", self.rows)
         row: dict[str, float] = self.rows[-1] if self.rows else {}
-        bar = tqdm(range(self.start_epoch + 1, cfg.epochs + 1), disable=not (progress and self.info.main),
+        bar = progress_bar(range(self.start_epoch + 1, cfg.epochs + 1), disable=not (progress and self.info.main),
                    unit="epoch", initial=self.start_epoch, total=cfg.epochs, dynamic_ncols=True)
         try:
             for epoch in bar:

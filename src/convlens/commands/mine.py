@@ -104,10 +104,10 @@ def run(args: argparse.Namespace) -> int:
 def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dict[str, Any], out: Path) -> None:
     """Project (resumably), draw the labelled sheets, write class_means.npz and result.json."""
     import torch
-    from tqdm import tqdm
 
     from ..artifacts import save_png, write_result
     from ..mined_units import display_class_names, layer_sheets, project_mined
+    from ..progress import progress_bar
 
     names = display_class_names(getattr(ds, "classes", []), loaded.class_names)
     gen = torch.Generator().manual_seed(args.seed)
@@ -119,7 +119,7 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
     k = next(iter(tops.values())).values.shape[1]
     total = sum((t.values.shape[0] if args.project == "all" else len(shown[n])) * k for n, t in tops.items())
     figures, rows, layers_data = [], [], {}
-    with tqdm(total=total, unit="unit", desc="projecting", dynamic_ncols=True) as bar:
+    with progress_bar(total=total, unit="unit", desc="projecting", dynamic_ncols=True) as bar:
         for layer, top in tops.items():
             c = top.values.shape[0]
             maps = list(range(c)) if args.project == "all" else shown[layer]
