@@ -147,3 +147,17 @@ def test_progress_bars_in_a_log_stay_a_few_lines():
     src = Path(__file__).parents[1] / "src" / "convlens"
     users = [p.name for p in src.rglob("*.py") if re.search(r"^\s*from tqdm", p.read_text(), re.M)]
     assert users == ["progress.py"]  # every bar goes through the one helper
+
+
+def test_occluder_batch_bounded_by_the_models_activations():
+    from convlens import _occlusion_engine as eng
+
+    def clean(mb: int) -> dict[str, torch.Tensor]:  # meta tensors: sizes without memory
+        return {f"n{i}": torch.empty(mb * 2**20 // 4 // 8, device="meta") for i in range(8)}
+
+    assert eng._memory_bound_batch(clean(123)) == 8  # efficientnet_b0 at 224 px: was 32 (peak 3.9 GB)
+    assert eng._memory_bound_batch(clean(32)) >= eng.GRAPH_BATCH  # resnet18: unchanged
+    assert eng._memory_bound_batch(clean(100_000)) == 1
+    mb = eng.BATCH_MEMORY / 2**20
+    for size in (16, 123, 400):  # patches in flight (workers x batch x half the activations) under the budget
+        assert eng.WORKERS * eng._memory_bound_batch(clean(size)) * size / 2 <= mb
