@@ -143,3 +143,25 @@ def test_diagnose_cli_missing_checkpoint_exits_2(tmp_path: Path, capsys: pytest.
     assert main(["diagnose", "--checkpoint", str(tmp_path / "nope.pt"), "--dataset", str(tmp_path),
                  "--out", str(tmp_path / "o")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_layer2_projections_project_only_each_channels_strongest_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """128 images once made N x K projections (1.2 GB at 224 px); now K at most, same result."""
+    from convlens import deconv
+    from convlens.diagnose import _layer2_projections
+
+    model = build_model("zfnet-tiny", seed=0, init="kaiming").eval()
+    images = torch.randn(7, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    full = deconv.project_max(model, images, "conv2", list(range(5)), rule="deconvnet")  # the brute force
+    ref = full.images[full.values.argmax(0), torch.arange(5)]
+    seen = []
+    real = deconv.project_max
+
+    def spy(m, x, *a, **kw):
+        seen.append(len(x))
+        return real(m, x, *a, **kw)
+
+    monkeypatch.setattr(deconv, "project_max", spy)
+    got = _layer2_projections(model, images, 5, "conv2")
+    torch.testing.assert_close(got, ref)
+    assert seen and set(seen) == {1} and len(seen) <= 5
