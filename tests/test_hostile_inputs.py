@@ -131,7 +131,9 @@ def test_progress_bars_in_a_log_stay_a_few_lines():
     from convlens.progress import progress_bar
 
     log = io.StringIO()  # a file or CI log: not a terminal
-    for _ in progress_bar(range(2000), file=log, desc="epoch"):
+    bar = progress_bar(range(2000), file=log, desc="epoch")
+    for i in bar:
+        bar.set_postfix(loss=f"{i:.3f}")  # tqdm redraws on every set_postfix by default
         time.sleep(0.0002)
     redraws = [part for part in re.split(r"[\r\n]", log.getvalue()) if part.strip()]
     assert 1 <= len(redraws) <= 3 and "2000/2000" in redraws[-1]
@@ -161,3 +163,19 @@ def test_occluder_batch_bounded_by_the_models_activations():
     mb = eng.BATCH_MEMORY / 2**20
     for size in (16, 123, 400):  # patches in flight (workers x batch x half the activations) under the budget
         assert eng.WORKERS * eng._memory_bound_batch(clean(size)) * size / 2 <= mb
+
+
+def test_default_paper_init_says_up_front_what_to_expect(tmp_path, caplog):
+    import argparse
+
+    from convlens.commands.train import PAPER_INIT_NOTE, config_from_args
+
+    base = {"config": None, "out": str(tmp_path / "run"), "dataset": "fashion-mnist"}
+    with caplog.at_level("WARNING"):
+        cfg = config_from_args(argparse.Namespace(**base))
+    assert cfg.init == "paper" and PAPER_INIT_NOTE in caplog.text and "--init kaiming" in PAPER_INIT_NOTE
+    caplog.clear()
+    for init in ("paper", "kaiming"):  # chosen: no note
+        with caplog.at_level("WARNING"):
+            assert config_from_args(argparse.Namespace(**base, init=init)).init == init
+        assert PAPER_INIT_NOTE not in caplog.text

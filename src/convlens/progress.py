@@ -25,8 +25,20 @@ def progress_bar(iterable: Any = None, **kwargs: Any) -> tqdm:
         tty = bool(stream.isatty())
     except (AttributeError, ValueError):  # a closed or odd stream
         tty = False
-    if not tty:
-        kwargs.setdefault("mininterval", LOG_INTERVAL)
-        kwargs.setdefault("maxinterval", 2 * LOG_INTERVAL)
-        kwargs.setdefault("dynamic_ncols", False)
-    return tqdm(iterable, **kwargs)
+    if tty:
+        return tqdm(iterable, **kwargs)
+    kwargs.setdefault("mininterval", LOG_INTERVAL)
+    kwargs.setdefault("maxinterval", 2 * LOG_INTERVAL)
+    kwargs.setdefault("dynamic_ncols", False)
+    return _LogBar(iterable, **kwargs)
+
+
+class _LogBar(tqdm):
+    """A bar in a log: ``set_postfix`` / ``set_description`` wait for the next timed redraw instead of
+    forcing one (tqdm redraws on each call by default: a line per batch in a file)."""
+
+    def set_postfix(self, ordered_dict: Any = None, refresh: bool = False, **kwargs: Any) -> None:
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def set_description(self, desc: str | None = None, refresh: bool = False) -> None:
+        super().set_description(desc, refresh=False)
