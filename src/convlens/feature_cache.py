@@ -40,7 +40,7 @@ def weights_fingerprint(model: Any) -> str:
         flat = t.detach().reshape(-1).cpu().contiguous()
         h.update(f"{name}|{flat.dtype}|{tuple(t.shape)}|".encode())
         if flat.numel():
-            h.update(memoryview(flat.view(torch.uint8).numpy()))
+            h.update(flat.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
