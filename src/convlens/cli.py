@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         if info.name.startswith("_"):
             continue
         importlib.import_module(f"{commands.__name__}.{info.name}").register(sub)
+    from convlens.commands._common import harden_number_flags
+
+    harden_number_flags(parser)
     return parser
 
 
@@ -61,6 +64,8 @@ def error_line(exc: BaseException) -> str:
     text = " ".join(part.strip() for part in str(exc).strip().splitlines() if part.strip())
     if isinstance(exc, OSError) and exc.filename is not None and not text.startswith(("--", "checkpoint")):
         text = f"{exc.strerror or text}: {exc.filename}"
+    elif isinstance(exc, OSError) and exc.strerror:  # OSError(errno, message): the message, without "[Errno N]"
+        text = exc.strerror
     if isinstance(exc, RuntimeError):
         text += " (the model could not run on this input; --debug shows where)"
     return f"error: {text or type(exc).__name__}"

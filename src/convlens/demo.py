@@ -322,7 +322,8 @@ def _run_demo(out: Path, plan: DemoPlan, quick: bool, dataset: str, data_dir: st
     train = {"--arch": plan.arch, **data, "--epochs": plan.epochs, "--batch-size": plan.batch_size, "--init": plan.init,
              "--lr": plan.lr, "--dropout": plan.dropout,
              "--limit-train": plan.limit_train, "--limit-val": plan.limit_val, "--seed": 0,
-             "--resume": True}  # a rerun (or a killed demo) continues the run instead of refusing to overwrite it
+             # a rerun (or a killed demo) continues the run instead of refusing to overwrite it
+             "--resume": (out / "config.json").is_file() or (out / "checkpoints").is_dir()}
     result = DemoResult(out, None)
     echo(f"[demo] {'quick' if quick else 'full'} demo of convlens on {dataset} -> {out}")
 

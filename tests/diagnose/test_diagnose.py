@@ -160,3 +160,25 @@ def test_layer2_projection_figure_titles_each_tile(tmp_path) -> None:
     figs = diagnosis_figures(d, "t", tmp_path)
     entry = next(f for f in figs if f["path"] == "t_layer2_projections.png")
     assert "grey = 0" in entry["caption"] and (tmp_path / entry["path"]).is_file()
+def test_layer2_projections_project_only_each_channels_strongest_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """128 images once made N x K projections (1.2 GB at 224 px); now K at most, same result."""
+    from convlens.deconv import project as deconv
+    from convlens.diagnose.analysis import _layer2_projections
+
+    model = build_model("zfnet-tiny", seed=0, init="kaiming").eval()
+    images = torch.randn(7, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    full = deconv.project_max(model, images, "conv2", list(range(5)), rule="deconvnet")  # the brute force
+    ref = full.images[full.values.argmax(0), torch.arange(5)]
+    seen = []
+    real = deconv.project_max
+
+    def spy(m, x, *a, **kw):
+        seen.append(len(x))
+        return real(m, x, *a, **kw)
+
+    monkeypatch.setattr(deconv, "project_max", spy)
+    got, values, boxes = _layer2_projections(model, images, 5, "conv2")
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(values, full.values.amax(0))
+    assert torch.equal(boxes, full.boxes[full.values.argmax(0), torch.arange(5)])
+    assert seen and set(seen) == {1} and len(seen) <= 5

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from convlens.images.decode import ImageTooLarge, UnreadableImage, open_image
@@ -87,6 +89,80 @@ def test_modes_become_8bit_rgb() -> None:
     assert open_image(encode(Image.new("1", (1, 1), 1))).getpixel((0, 0)) == (255, 255, 255)
     f32 = Image.fromarray(np.full((2, 2), 0.5, dtype=np.float32))
     assert open_image(encode(f32, "TIFF")).getpixel((0, 0)) == (128, 128, 128)
+
+
+def oriented_jpeg(orientation: int) -> tuple[bytes, np.ndarray]:
+    """A 40x20 JPEG (stored sideways) carrying an EXIF orientation tag, and its stored pixels."""
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)
+    stored[:, :20] = (250, 0, 0)  # left half red, right half blue, as stored
+    stored[:, 20:] = (0, 0, 250)
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue(), stored
+
+
+def test_exif_orientation_applied_at_decoding(tmp_path: Path) -> None:
+    from PIL import ImageOps
+
+    for orientation, size in [(1, (40, 20)), (3, (40, 20)), (6, (20, 40)), (8, (20, 40))]:
+        data, _ = oriented_jpeg(orientation)
+        path = tmp_path / f"o{orientation}.jpg"
+        path.write_bytes(data)
+        for source in (data, path):  # uploads (bytes) and files (CLI, datasets) alike
+            img = open_image(source)
+            assert img.size == size
+            ref = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")  # PIL's own reading
+            assert np.abs(np.asarray(img, dtype=int) - np.asarray(ref, dtype=int)).max() <= 2
+    # rotated 90 degrees clockwise on screen (tag 6): the stored left (red) half becomes the top
+    top = np.asarray(open_image(oriented_jpeg(6)[0]), dtype=int)[:5].mean((0, 1))
+    assert top[0] > 200 and top[2] < 50
+
+
+def test_dataset_item_of_a_turned_photo_is_upright(tmp_path: Path) -> None:
+    from convlens.images.sources import ImageFolderSafe
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "x.jpg").write_bytes(oriented_jpeg(6)[0])
+    x, _ = ImageFolderSafe(tmp_path, 16)[0]
+    assert x is not None and x.shape == (3, 16, 16)
+    assert x[0, :4].mean() > 0.8 and x[2, :4].mean() < 0.2  # red on top, as shown upright
+    assert x[2, -4:].mean() > 0.8 and x[0, -4:].mean() < 0.2  # blue at the bottom
+
+
+def test_a_long_thin_image_costs_what_its_output_does(tmp_path: Path) -> None:
+    """A 200000x1 PNG (a few hundred bytes) once asked for 157 GB: the resize ran before the crop."""
+    from convlens.images.sources import resize_center_crop
+
+    strip = np.zeros((1, 200_000, 3), dtype=np.uint8)
+    strip[0, :100_000, 0] = 255  # red left half, blue right half
+    strip[0, 100_000:, 2] = 255
+    path = tmp_path / "strip.png"
+    Image.fromarray(strip).save(path)
+    assert path.stat().st_size < 2000
+    code = (
+        "import resource, sys\n"
+        "from convlens.images.decode import open_image\n"
+        "from convlens.images.sources import resize_center_crop\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"x = resize_center_crop(open_image({str(path)!r}, target_size=256), 256)\n"
+        "print(tuple(x.shape), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"})
+    shape, grown_kb = out.stdout.split(")")
+    assert shape == "(3, 256, 256"
+    assert int(grown_kb) < 100_000, f"decoding and resizing a 200000x1 image grew RSS by {grown_kb} kB"
+    # the result is the center of the strip (one source pixel wide: the red-blue boundary, upscaled)
+    x = resize_center_crop(open_image(path), 256)
+    assert x[0, :, :8].min() > 0.9 and x[2, :, :8].max() < 0.1
+    assert x[2, :, -8:].min() > 0.9 and x[0, :, -8:].max() < 0.1
+    # images up to 4:1 are resized whole, bit-identical to resizing and then cropping
+    wide = torch.rand(3, 30, 110)
+    ref = F.interpolate(wide[None], size=(256, 939), mode="bilinear", align_corners=False, antialias=True)[0]
+    torch.testing.assert_close(resize_center_crop(wide, 256), ref[:, :, 341:597].clamp(0, 1), rtol=0, atol=0)
 
 
 def test_unreadable_sources_named_without_object_reprs(tmp_path: Path) -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from convlens.nets.loading import load_model, parse_spec, read_state_dict
+from convlens.nets.loading import load_model, parse_spec
 from convlens.nets.meta import parse_normalize
+from convlens.nets.weights import read_state_dict
 
 FACTORY_SRC = '''
 import torch

@@ -430,3 +430,31 @@ def test_images_skipped_before_a_resume_are_still_named(tmp_path):
                                     ["conv1"], k=3, state_path=state, save_every=1)
     assert second.items == {ds.describe(6): reason}
     assert tops["conv1"].num_skipped == 1 and tops["conv1"].num_images == 9
+
+
+def test_rerun_with_other_weights_recomputes_every_unit(tiny, tmp_path):
+    """A rerun into the same folder reused maps whenever rule and positions matched, whatever the weights."""
+    import copy
+    import json
+
+    from convlens.nets.fingerprint import weights_fingerprint
+    from convlens.topk.units import project_mined
+
+    model, x, _ = tiny
+    ds = Images(x[:8])
+    top = mine_top_activations(model, DataLoader(ds, batch_size=8), ["conv1"], k=2)["conv1"]
+    first = project_mined(model, ds, top, tmp_path, rule="deconvnet")
+    c = top.values.shape[0]
+    assert first.reused == 0 and len(first.entries) == c
+    saved = json.loads((tmp_path / "units" / "conv1" / "0.json").read_text())
+    assert saved["weights"] == weights_fingerprint(model)
+    same = project_mined(copy.deepcopy(model), ds, top, tmp_path, rule="deconvnet")  # equal weights, another object
+    assert same.reused == c
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        scaled.conv1.weight.mul_(3)  # conv1 x3: same top positions (the old reuse test passed), other model
+    assert weights_fingerprint(scaled) != weights_fingerprint(model)
+    again = project_mined(scaled, ds, top, tmp_path, rule="deconvnet")
+    assert again.reused == 0
+    assert json.loads((tmp_path / "units" / "conv1" / "0.json").read_text())["weights"] == weights_fingerprint(scaled)
+    assert project_mined(scaled, ds, top, tmp_path, rule="deconvnet").reused == c

@@ -111,3 +111,31 @@ def test_limit_takes_a_random_subset_over_all_classes():
     assert len(sub) == 20 and set(picked.tolist()) == {0, 1, 2, 3}
     assert [sub[i][1] for i in range(20)] == [random_subset(ds, 20)[i][1] for i in range(20)]  # deterministic
     assert random_subset(ds, None) is ds and random_subset(ds, 500) is ds
+
+
+def test_full_disk_is_a_disk_error_and_result_json_stops_at_the_last_saved_epoch(tmp_path, monkeypatch):
+    import errno
+    import os
+    from types import SimpleNamespace
+
+    from convlens.cli import error_line
+
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *a, **kw):  # epoch 1 writes last.pt + epoch_001.pt; epoch 2's first write hits a full disk
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                               "data/3: file write failed")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_bavail=0, f_frsize=4096))
+    with pytest.raises(OSError) as info:
+        fit(_cfg(tmp_path, epochs=2), datasets=_data(8))
+    assert info.value.errno == errno.ENOSPC
+    line = error_line(info.value)
+    assert line.startswith("error: could not write") and "no space left" in line and "this input" not in line
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert [r[0] for r in result["tables"][0]["rows"]] == [1]  # epoch 2 was not saved, so it is not reported
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1

@@ -17,6 +17,7 @@ Nothing here imports torch at module level: building the CLI (``convlens --help`
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +27,27 @@ if TYPE_CHECKING:
     from convlens.images.data import TransformedDataset
     from convlens.nets.loading import Loaded
 
-__all__ = ["add_dataset_args", "add_device_arg", "add_model_args", "add_out_arg", "default_layers",
-           "load_model_from_args", "model_spec", "open_dataset_from_args", "out_dir", "parse_layers",
-           "positive_int", "preprocessing_params", "resolve_device_arg", "say_preprocessing"]
+__all__ = [
+    "add_dataset_args",
+    "add_device_arg",
+    "add_model_args",
+    "add_out_arg",
+    "count_int",
+    "default_layers",
+    "finite_float",
+    "harden_number_flags",
+    "load_model_from_args",
+    "model_spec",
+    "open_dataset_from_args",
+    "out_dir",
+    "parse_layers",
+    "positive_float",
+    "positive_int",
+    "preprocessing_params",
+    "resolve_device_arg",
+    "say_preprocessing",
+    "seed_int",
+]
 
 SPEC_FORMS = ("torchvision:NAME, timm:NAME, path/to/file.py:factory, package.module:factory "
               "or a convlens architecture (zfnet, zfnet-small, ...)")
@@ -45,10 +64,80 @@ def positive_int(text: str) -> int:
     return value
 
 
+SEED_MAX = 2**32 - 1
+"""Largest ``--seed`` (numpy's generators take 32-bit seeds)."""
+INT_MAX = 2**63 - 1
+
+
+def finite_float(text: str) -> float:
+    """argparse ``type`` of every float flag: a finite number (``inf`` and ``nan`` are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type``: a finite number > 0 (a learning rate, a radius)."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def count_int(text: str) -> int:
+    """argparse ``type`` of every integer flag: an integer >= 0 (epochs, indices, sizes, ports)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    if value > INT_MAX:
+        raise argparse.ArgumentTypeError(f"expected a whole number up to {INT_MAX}, got {text!r}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse ``type`` of ``--seed``: an integer in [0, 2**32 - 1]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {SEED_MAX}, got {text!r}")
+    return value
+
+
+def harden_number_flags(parser: argparse.ArgumentParser) -> None:
+    """Give every plain ``type=float`` / ``type=int`` flag of ``parser`` and its subcommands the checked
+    types above (finite floats; integers >= 0; 32-bit seeds), so no command takes ``--lr inf``,
+    ``--fill nan``, ``--warmup-epochs -3`` or a seed no generator accepts."""
+    for action in parser._actions:
+        if action.type is float:
+            action.type = finite_float
+        elif action.type is int:
+            action.type = seed_int if action.dest == "seed" else count_int
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                harden_number_flags(sub)
+
+
 def out_dir(text: str) -> Path:
     """argparse ``type`` of ``--out``: a folder path (it may exist; an existing file is refused)."""
     path = Path(text)
-    if path.exists() and not path.is_dir():
+    long = [part for part in path.parts if len(part.encode()) > 255]
+    if long:
+        raise argparse.ArgumentTypeError(f"a folder name in it is {len(long[0].encode())} bytes long; file systems "
+                                         "allow at most 255: give a shorter path")
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be used: {exc.strerror or exc}") from None
+    if exists and not is_dir:
         raise argparse.ArgumentTypeError(f"{text!r} is an existing file; expected a folder (new or existing): "
                                          "give another path")
     return path

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from convlens.commands._common import out_dir
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -18,14 +20,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fashion-mnist (default, Debian's dataset-fashion-mnist), cifar10, or an ImageFolder directory")
     p.add_argument("--data-dir", default=None,
                    help="where the dataset lives (fashion-mnist: Debian's folder by default)")
-    p.add_argument("--out", default="runs/demo", help="run directory to write (default runs/demo)")
+    p.add_argument("--out", type=out_dir, default="runs/demo", help="run directory to write (default runs/demo)")
     p.add_argument("--strict", action="store_true", help="exit with code 1 if any step failed")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from convlens.demo import run_demo
+    from convlens.images.sources import open_raw
 
+    open_raw(args.dataset, "test", size=32, data_dir=args.data_dir)  # a missing dataset: one error line, exit 2
     result = run_demo(args.out, quick=args.quick, dataset=args.dataset, data_dir=args.data_dir)
     if result.report is None:
         return 1

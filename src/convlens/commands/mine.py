@@ -19,7 +19,6 @@ writes.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     from convlens.commands._common import load_model_from_args, open_dataset_from_args, parse_layers, resolve_device_arg
     from convlens.images.data import collate_skip
+    from convlens.nets.fingerprint import weights_fingerprint
     from convlens.topk.mining import mine_top_activations
     from convlens.training import distributed
 
@@ -85,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         spec = args.checkpoint or f"{args.arch}:{args.weights}"
-        stamp = os.stat(args.checkpoint or args.weights).st_mtime if (args.checkpoint or args.weights) else 0
-        key = (f"{spec}@{stamp}|{args.dataset}|{args.data_dir}|{args.split}|{args.limit}|{args.normalize}|"
+        args.weights_hash = weights_fingerprint(loaded.model)  # the model by value: once per run
+        key = (f"{spec}@{args.weights_hash}|{args.dataset}|{args.data_dir}|{args.split}|{args.limit}|{args.normalize}|"
                f"{args.input_size}|{','.join(layers)}")
         tops = mine_top_activations(loaded.model, loader, layers, k=args.k, per_image=args.per_image,
                                     state_path=out / "mine.state", save_every=args.save_every, state_key=key,
@@ -106,10 +106,10 @@ def run(args: argparse.Namespace) -> int:
 def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dict[str, Any], out: Path) -> None:
     """Project (resumably), draw the labelled sheets, write class_means.npz and result.json."""
     import torch
-    from tqdm import tqdm
 
     from convlens.commands._common import preprocessing_params
     from convlens.io.artifacts import save_png, write_result
+    from convlens.io.progress import progress_bar
     from convlens.topk.record import mine_source
     from convlens.topk.units import display_class_names, layer_sheets, map_entries, project_mined
 
@@ -126,12 +126,13 @@ def write_mine_outputs(args: argparse.Namespace, loaded: Any, ds: Any, tops: dic
     total = sum(len(maps) * k for maps in todo.values())
     describe = getattr(ds, "describe", None)
     figures, rows, layers_data = [], [], {}
-    with tqdm(total=total, unit="unit", desc="projecting", dynamic_ncols=True) as bar:
+    with progress_bar(total=total, unit="unit", desc="projecting", dynamic_ncols=True) as bar:
         for layer, top in tops.items():
             c = top.values.shape[0]
             maps = todo[layer]
             done = project_mined(loaded.model, ds, top, out, maps=maps, rule=args.rule,
-                                 to_pixels=loaded.preprocessing.denormalize, class_names=names, progress=bar)
+                                 to_pixels=loaded.preprocessing.denormalize, class_names=names, progress=bar,
+                                 weights=getattr(args, "weights_hash", None))
             sat = [int(m) for m in torch.nonzero(top.saturated).flatten().tolist()]
             bar.write(f"{layer}: rule {done.rule} ({done.reason})" + (f"; {len(sat)}/{c} maps saturate at "
                       f"{top.ceiling:g}: ranked by their pre-clip value" if top.ceiling is not None else "")

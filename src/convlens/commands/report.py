@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from convlens.commands._common import out_dir
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -11,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Write a self-contained static HTML report of a run directory (opens from disk).",
     )
     p.add_argument("run", metavar="RUN", help="run directory (from 'convlens train --out RUN' or 'convlens demo')")
-    p.add_argument("--out", default=None, help="report folder (default: RUN/report)")
+    p.add_argument("--out", type=out_dir, default=None, help="report folder (default: RUN/report)")
     p.set_defaults(func=run)
 
 

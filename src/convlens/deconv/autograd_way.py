@@ -33,6 +33,7 @@ from torch import nn
 from convlens.core.graph import is_local
 from convlens.core.receptive_field import receptive_fields
 from convlens.deconv import graph_way as _deconv_graph
+from convlens.nets.meta import fixed_input_size
 
 CROP_FRACTION = 0.5  # crop when its area is below this share of the image (else full images)
 
@@ -70,6 +71,8 @@ def forward_to(
 
 def crop_plan(model: nn.Module, layer: str, size: tuple[int, int]) -> tuple[int, int, int, int, int] | None:
     """(crop height, crop width, rf size, stride, offset) when crops are exact and save work, else None."""
+    if fixed_input_size(model) is not None:  # crops would not fit its position embeddings
+        return None
     rf = receptive_fields(model, size).get(layer)
     if rf is None or rf.stride <= 0:
         return None

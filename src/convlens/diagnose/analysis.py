@@ -161,7 +161,7 @@ def _activation_points(model: nn.Module, x: torch.Tensor, convs: Sequence[str]) 
 
 @torch.no_grad()
 def _generic_activation_fraction(model: nn.Module, images: torch.Tensor, convs: Sequence[str],
-                                 batch_size: int = 64) -> dict[str, torch.Tensor]:
+                                 batch_size: int = 16) -> dict[str, torch.Tensor]:
     points = _activation_points(model, images[:1], convs)
     modules = dict(model.named_modules())
     counts: dict[str, torch.Tensor] = {}
@@ -291,10 +291,30 @@ def _layer2_projections(model: nn.Module, images: torch.Tensor, channels: int,
     assert isinstance(conv2, nn.Conv2d)
     n_ch = conv2.out_channels
     chans = list(range(min(channels, n_ch)))
-    proj = project_max(model, images, layer2, chans, rule="deconvnet")  # (N, K, 3, H, W)
-    best = proj.values.argmax(0)  # strongest image of each channel
-    k = torch.arange(len(chans))
-    return proj.images[best, k], proj.values[best, k], proj.boxes[best, k]  # (K, 3, H, W), (K,), (K, 4)
+    best = _strongest_images(model, images, layer2, chans)  # (K,) the strongest image of each channel
+    out = images.new_zeros(len(chans), *images.shape[1:])
+    values = images.new_zeros(len(chans))
+    boxes = torch.zeros(len(chans), 4, dtype=torch.long, device=images.device)
+    for i in best.unique().tolist():  # project only those images (not N x K projections: 1.2 GB for 128 images)
+        ks = (best == i).nonzero().flatten()
+        proj = project_max(model, images[i:i + 1], layer2, [chans[k] for k in ks.tolist()], rule="deconvnet")
+        out[ks], values[ks], boxes[ks] = proj.images[0], proj.values[0], proj.boxes[0].to(boxes)
+    return out, values, boxes  # (K, 3, H, W), (K,), (K, 4)
+
+
+@torch.no_grad()
+def _strongest_images(model: nn.Module, images: torch.Tensor, layer: str, chans: list[int],
+                      batch_size: int = 16) -> torch.Tensor:
+    """Index of the image with the largest activation of each channel of ``layer`` (batched forwards)."""
+    from convlens.core.capture import record_activations
+
+    peaks = []
+    with record_activations(model, [layer]) as acts:
+        for start in range(0, len(images), batch_size):
+            model(images[start:start + batch_size])
+            a = acts[layer][:, chans]
+            peaks.append(a.reshape(a.shape[0], len(chans), -1).amax(2))
+    return torch.cat(peaks).argmax(0)
 
 
 def diagnose(

@@ -255,14 +255,15 @@ def compute_mean(raw: Dataset, *, limit: int | None = None, batch_size: int = 25
                  progress: bool = False) -> torch.Tensor:
     """Per-pixel mean (3, S, S) in 0..255 units over a raw dataset (unreadable images skipped)."""
     from torch.utils.data import DataLoader, Subset
-    from tqdm import tqdm
+
+    from convlens.io.progress import progress_bar
 
     n = len(raw) if limit is None else min(limit, len(raw))  # type: ignore[arg-type]
     loader = DataLoader(Subset(raw, range(n)), batch_size=batch_size, num_workers=workers,
                         collate_fn=lambda items: [it[0] for it in items if it[0] is not None],
                         generator=torch.Generator().manual_seed(0))  # never draws from the global RNG
     total, count = None, 0
-    for xs in tqdm(loader, desc="mean image", unit="batch", disable=not progress):
+    for xs in progress_bar(loader, desc="mean image", unit="batch", disable=not progress):
         if not xs:
             continue
         s = torch.stack(xs).double().sum(0)

@@ -9,6 +9,8 @@
   JPEG is decoded at 1/2, 1/4 or 1/8 scale by the decoder itself (``draft``), which also lets a JPEG
   over the cap through when its reduced size is under it; other formats over the cap are refused,
   and under it are reduced with ``Image.reduce`` before the caller sees them;
+- **orientation**: the EXIF orientation tag is applied (a photo taken with the camera turned is
+  returned upright, as viewers show it), for every caller: CLI images, datasets and uploads;
 - **modes**: CMYK, 16-bit and float grayscale (scaled by their range, not clipped), palette (with
   transparency), LA/RGBA (alpha dropped) all become 8-bit RGB.
 
@@ -131,13 +133,28 @@ def _decode(img: Image.Image, cap: int, target: int | None, label: str) -> Image
         raise ImageTooLarge(f"{label} is {w}x{h} = {w * h:,} pixels, over the limit of {cap:,} "
                             f"(set {_ENV} to change it)")
     img.load()
+    turn = _ORIENTATION.get(_orientation(img))
     rgb = _to_rgb(img)
     reduce_to = _reduced_short_side(min(rgb.size), target)
     if reduce_to is not None:
         factor = min(rgb.size) // reduce_to
         if factor >= 2:
             rgb = rgb.reduce(factor)
-    return rgb
+    return rgb if turn is None else rgb.transpose(turn)
+
+
+# EXIF orientation tag -> the transpose that shows the image upright (as ImageOps.exif_transpose)
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+                7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright; 1 too when absent or unreadable)."""
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:  # a damaged EXIF block must not make the pixels unreadable
+        return 1
 
 
 def _reduced_short_side(short: int, target: int | None) -> int | None:

@@ -174,11 +174,22 @@ def load_image(path: str | Path, *, max_pixels: int | None = None, target_size: 
 
 
 def resize_center_crop(img: Image.Image | torch.Tensor, size: int) -> torch.Tensor:
-    """Resize the smallest side to ``size`` and crop the center ``size x size``: (3, size, size) in [0, 1]."""
+    """Resize the smallest side to ``size`` and crop the center ``size x size``: (3, size, size) in [0, 1].
+
+    The work is bounded by the output, not the input: an image longer than :data:`MAX_ASPECT` times
+    its short side is first cropped to its center ``short x MAX_ASPECT * short`` (before any pixel is
+    converted or resampled), so a 200000 x 1 strip costs what a 4 x 1 one does. Images up to that
+    aspect ratio are resized whole, exactly as before (the dropped part lies outside the crop anyway).
+    """
     if isinstance(img, Image.Image):
+        w, h = img.size
+        left, top, cw, ch = _aspect_box(h, w)
+        if (cw, ch) != (w, h):
+            img = img.crop((left, top, left + cw, top + ch))
         x = torch.from_numpy(_pil_to_numpy(img)).permute(2, 0, 1).float() / 255.0
     else:
-        x = img.float()
+        left, top, cw, ch = _aspect_box(*img.shape[-2:])
+        x = img[..., top:top + ch, left:left + cw].float()
     if x.shape[0] == 1:
         x = x.expand(3, -1, -1)
     h, w = x.shape[-2:]
@@ -189,6 +200,17 @@ def resize_center_crop(img: Image.Image | torch.Tensor, size: int) -> torch.Tens
         h, w = nh, nw
     top, left = (h - size) // 2, (w - size) // 2
     return x[:, top:top + size, left:left + size].clamp(0, 1).contiguous()
+
+
+MAX_ASPECT = 4
+"""Longest side kept by :func:`resize_center_crop` before resizing, in short sides (center crop beyond it)."""
+
+
+def _aspect_box(h: int, w: int) -> tuple[int, int, int, int]:
+    """(left, top, width, height) of the center of an h x w image at most MAX_ASPECT x its short side long."""
+    keep = MAX_ASPECT * min(h, w)
+    cw, ch = min(w, keep), min(h, keep)
+    return (w - cw) // 2, (h - ch) // 2, cw, ch
 
 
 def _pil_to_numpy(img: Image.Image) -> Any:

@@ -11,6 +11,7 @@ converted to plain JSON (lists, floats); non-finite floats become null.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -61,7 +62,10 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], *, binary
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
+            try:
+                write(f)
+            except RuntimeError as exc:  # torch.save reports a failed write (a full disk) as a RuntimeError
+                raise _write_error(path, exc) from exc
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -69,6 +73,19 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], *, binary
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _write_error(path: Path, exc: BaseException) -> OSError:
+    """The disk error behind a failed write, as an OSError naming the file (ENOSPC when the disk is full)."""
+    try:
+        st = os.statvfs(path.parent)
+        full = st.f_bavail * st.f_frsize < 1 << 20
+    except OSError:
+        full = False
+    detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    if full:
+        return OSError(errno.ENOSPC, f"could not write {path}: no space left on the disk ({detail})")
+    return OSError(errno.EIO, f"could not write {path}: the write failed ({detail}); is the disk full or gone?")
 
 
 def write_json(obj: Any, path: str | Path) -> Path:

@@ -42,18 +42,18 @@ from convlens.nets.meta import (
     MeanStd,
     Meta,
     PreprocessingProvenance,
+    fixed_input_size,
     make_preprocessing,
     parse_normalize,
     read_classes,
     read_meta,
 )
+from convlens.nets.weights import check_finite, fit_state_dict, read_state_dict
 
-__all__ = ["SPEC_HELP", "Loaded", "fit_state_dict", "load_model", "parse_spec", "read_state_dict"]
+__all__ = ["SPEC_HELP", "Loaded", "load_model", "parse_spec"]
 
 SPEC_HELP = ("a convlens checkpoint file, torchvision:NAME, timm:NAME, path/to/file.py:factory, "
              "package.module:factory, or a convlens architecture (zfnet, zfnet-small, ...)")
-WEIGHTS_HELP = ("a state_dict: torch.save(model.state_dict(), 'w.pt') (read with weights_only=True) "
-                "or a .safetensors file")
 _FILE_SPEC = re.compile(r"^(?P<path>.+\.py):(?P<attr>[A-Za-z_][\w.]*)$")
 _MODULE_SPEC = re.compile(r"^(?P<mod>[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*):(?P<attr>[A-Za-z_][\w.]*)$")
 
@@ -127,80 +127,6 @@ def parse_spec(spec: str | Path) -> Spec:
     close = difflib.get_close_matches(text, available_archs(), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise ValueError(f"model spec {text!r} is not known{hint}; expected {SPEC_HELP}")
-
-
-# ----------------------------------------------------------------------------- state dicts
-
-
-def _few(keys: Sequence[str], n: int = 3) -> str:
-    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
-
-
-def _unwrap(obj: Any) -> Any:
-    """The state_dict inside common wrappers (a convlens checkpoint, {"state_dict": ...}, DDP prefixes)."""
-    if isinstance(obj, Mapping):
-        for key in ("model", "state_dict", "model_state_dict"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                obj = inner
-                break
-    if isinstance(obj, Mapping) and obj:
-        for prefix in ("module.", "_orig_mod."):
-            if all(isinstance(k, str) and k.startswith(prefix) for k in obj):
-                obj = {k[len(prefix):]: v for k, v in obj.items()}
-    return obj
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state_dict file (``.safetensors``, or ``torch.load(weights_only=True)`` for anything else).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: unreadable, or not a mapping of names to tensors.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--weights {path}: no such file; expected {WEIGHTS_HELP}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling and format errors come in many types
-        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"--weights {path}: cannot read it ({detail}); expected {WEIGHTS_HELP}") from None
-    obj = _unwrap(obj)
-    if not isinstance(obj, Mapping) or not obj:
-        raise ValueError(f"--weights {path}: holds {type(obj).__name__}, not a state_dict; expected {WEIGHTS_HELP}")
-    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"--weights {path}: entries that are not tensors ({_few(bad)}); expected {WEIGHTS_HELP}")
-    return dict(obj)
-
-
-def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str, arch: str) -> None:
-    """``model.load_state_dict(state)`` after checking that it fits, with a message that names the misfit.
-
-    Raises:
-        ValueError: missing, unexpected or wrongly shaped keys (a few of each named).
-    """
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} in the file vs {tuple(own[k].shape)} in the model"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = [f"{len(missing)} missing key(s): {_few(missing)}"] if missing else []
-        parts += [f"{len(unexpected)} unexpected key(s): {_few(unexpected)}"] if unexpected else []
-        parts += [f"{len(shapes)} of the wrong shape: {_few(shapes, 2)}"] if shapes else []
-        foreign = len(missing) + len(unexpected) > 0 and not (set(own) & set(state))
-        fix = ("they come from another architecture: give the spec of the model they were saved from"
-               if foreign else "check that they were saved from this architecture (model.state_dict()) with the "
-               "same number of classes")
-        raise ValueError(f"{source} does not fit {arch}: {'; '.join(parts)}; {fix}")
-    model.load_state_dict(state, strict=False)
 
 
 def _num_classes(state: Mapping[str, torch.Tensor] | None) -> int | None:
@@ -305,6 +231,11 @@ def _user_factory(spec: Spec) -> nn.Module:
     except TypeError as exc:
         raise ValueError(f"model spec {label}: calling {spec.attr}() failed ({exc}); the factory must build the "
                          "model without arguments: wrap it, e.g. def build(): return Net(num_classes=10)") from exc
+    except Exception as exc:  # the factory's own bug (a RuntimeError is not about any input image)
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ValueError(f"model spec {label}: the factory {spec.attr}() raised {type(exc).__name__}"
+                         f"{': ' + detail if detail else ''}; the error is in the factory's code, not in the "
+                         "input (--debug shows where)") from exc
     if not isinstance(model, nn.Module):
         raise ValueError(f"model spec {label}: {spec.attr}() returned {type(model).__name__}, expected an nn.Module")
     return model
@@ -376,7 +307,7 @@ def load_model(spec: str | Path, *, weights: str | Path | None = None,
     label = str(spec)
     if parsed.kind == "checkpoint":
         model, ckpt = _from_checkpoint(parsed.target)
-        own_pre = Preprocessing.from_dict(ckpt["preprocessing"])
+        own_pre = _checkpoint_preprocessing(ckpt["preprocessing"], parsed.target)
         own_names, epoch, label = list(ckpt["class_names"]), ckpt.get("epoch"), str(ckpt["arch"])
     elif parsed.kind == "torchvision":
         model, label = _torchvision(parsed.target, n), f"torchvision:{parsed.target}"
@@ -390,8 +321,11 @@ def load_model(spec: str | Path, *, weights: str | Path | None = None,
         own_size = model.cfg.input_size
     else:
         model = _user_factory(parsed)
+    own_size = fixed_input_size(model) or own_size  # a vision transformer takes one size only
     if state is not None:
         fit_state_dict(model, state, source=f"--weights {weights}", arch=label)
+    check_finite(model, f"--weights {weights}" if weights is not None else
+                  (f"checkpoint {parsed.target}" if parsed.kind == "checkpoint" else f"model spec {label}"))
     folder = Path(weights).parent if weights is not None else (
         Path(parsed.target).parent if parsed.kind == "checkpoint" else None)
     meta = read_meta(folder) if folder is not None else Meta()
@@ -418,6 +352,23 @@ def load_model(spec: str | Path, *, weights: str | Path | None = None,
         f"meta.json source {meta.source_file}"
     provenance = _provenance(pre, sources, tf_convs, tf_from)
     return Loaded(model, pre, list(class_names), label, epoch, path, provenance)
+
+
+def _checkpoint_preprocessing(d: Any, path: str) -> Preprocessing:
+    """The checkpoint's saved preprocessing, checked (sizes, a mean and std that broadcast to an image)."""
+    try:
+        pre = Preprocessing.from_dict(d)
+        ok = 0 < pre.crop <= pre.resize <= 16384 and all(bool(torch.isfinite(t).all()) for t in (pre.mean, pre.std))
+        ok = ok and bool((pre.std != 0).all()) and bool(torch.isfinite(pre.normalize(torch.zeros(3, 8, 8))).all())
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        ok, why = False, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}"
+    else:
+        why = f"resize {pre.resize}, crop {pre.crop}, a zero or non-finite std or mean"
+    if not ok:
+        raise ValueError(f"checkpoint {path}: its 'preprocessing' entry is damaged ({why}); re-save it with "
+                         "convlens.nets.checkpoint.save_checkpoint, or load the weights with --arch SPEC "
+                         "--weights FILE")
+    return pre
 
 
 def _check_runs(model: nn.Module, size: int, label: str) -> None:

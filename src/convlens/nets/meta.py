@@ -32,8 +32,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # no torch at import time: the CLI reads NORMALIZE_HELP while building its parser
     from convlens.images.data import Preprocessing
 
-__all__ = ["NORMALIZE_HELP", "NORMALIZE_PRESETS", "SOURCES", "MeanStd", "Meta", "PreprocessingProvenance",
-           "make_preprocessing", "parse_normalize", "read_classes", "read_meta"]
+__all__ = [
+    "NORMALIZE_HELP",
+    "NORMALIZE_PRESETS",
+    "SOURCES",
+    "MeanStd",
+    "Meta",
+    "PreprocessingProvenance",
+    "fixed_input_size",
+    "make_preprocessing",
+    "parse_normalize",
+    "read_classes",
+    "read_meta",
+]
 
 MeanStd = tuple[tuple[float, float, float], tuple[float, float, float]]
 
@@ -233,3 +244,16 @@ def make_preprocessing(normalize: MeanStd, input_size: int, resize: int | None =
     std = torch.tensor(normalize[1], dtype=torch.float32).view(3, 1, 1) * 255
     resize = resize or round(input_size * 256 / 224)
     return Preprocessing(max(resize, input_size), input_size, mean, std)
+
+
+def fixed_input_size(model: object) -> int | None:
+    """The one input side a model accepts, when it has one (a vision transformer's position
+    embeddings): torchvision's ``image_size`` attribute, or timm's ``pretrained_cfg`` with
+    ``fixed_input_size``. None for models that take any size (convnets)."""
+    size = getattr(model, "image_size", None)
+    if isinstance(size, int) and size > 0:
+        return size
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("fixed_input_size") and cfg.get("input_size"):
+        return int(cfg["input_size"][-1])
+    return None

@@ -26,9 +26,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, Sampler
-from tqdm import tqdm
 
 from convlens.images.sources import note_skipped, skip_reason
+from convlens.io.progress import progress_bar
 from convlens.topk.accumulator import TopActivations, TopKAccumulator
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def mine_top_activations(
     param = next(model.parameters())
     was_training = model.training
     model.eval()
-    bar = tqdm(total=todo, unit="img", unit_scale=world, desc=f"mining {','.join(layers)}",
+    bar = progress_bar(total=todo, unit="img", unit_scale=world, desc=f"mining {','.join(layers)}",
                disable=not progress or rank != 0)
     try:
         for c in inplace:  # the pre-clip input must survive the clip

@@ -9,14 +9,17 @@ map chunk, re-loads the top-k images by dataset index, projects their units in b
     OUT/units/<layer>/<map>_<rank>_patch.png       the image inside the same (display) box
     OUT/units/<layer>/<map>_<rank>_proj_full.png   the projection in the whole receptive field, full size
     OUT/units/<layer>/<map>_<rank>_patch_full.png  the image inside the receptive field, full size
-    OUT/units/<layer>/<map>.json                   {"layer", "map", "rule", "saturated", "contrast", "entries"}
+    OUT/units/<layer>/<map>.json                   {"layer", "map", "rule", "weights", "saturated", "contrast",
+                                                   "entries"}
 
 Each entry records ``box``/``rf_box`` (the receptive field), ``display_box`` (what the displayed
 pair shows), ``mass_share`` (the projection's mass inside it) and ``contrast_scale``.
 
 Memory is bounded by one chunk (``chunk_maps`` maps x k units), whatever the dataset or layer
 size. A map's JSON is written (atomically) after its PNGs, so it marks the map as done: a stopped
-run that is started again skips every map whose JSON matches the current top-k and rule.
+run that is started again skips every map whose JSON matches the current top-k, rule and weights
+(``weights``: :func:`convlens.nets.fingerprint.weights_fingerprint`, a hash of the model's tensors),
+so a rerun into the same folder with another model recomputes every map.
 
 :func:`layer_sheets` reads those PNGs back and lays out labelled Fig. 2 sheets
 (:mod:`convlens.topk.sheets`); it never needs the projections in memory.
@@ -103,15 +106,15 @@ def map_entries(top: TopActivations, m: int, class_names: Sequence[str], describ
     return out
 
 
-def _done(path: Path, entries: list[dict[str, Any]], rule: str) -> list[dict[str, Any]] | None:
-    """The saved entries of a finished map if they match the current top-k and rule."""
+def _done(path: Path, entries: list[dict[str, Any]], rule: str, weights: str) -> list[dict[str, Any]] | None:
+    """The saved entries of a finished map if they match the current top-k, rule and model weights."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     old = saved.get("entries") or []
-    same = saved.get("rule") == rule and [(e["index"], e["y"], e["x"]) for e in old] == \
-        [(e["index"], e["y"], e["x"]) for e in entries]
+    same = saved.get("rule") == rule and saved.get("weights") == weights and \
+        [(e["index"], e["y"], e["x"]) for e in old] == [(e["index"], e["y"], e["x"]) for e in entries]
     root = path.parent.parent.parent
     if not same or not all("display_box" in e and (root / e["projection"]).is_file() for e in old):
         return None
@@ -133,6 +136,7 @@ def project_mined(
     min_side: int = 48,
     view: int = VIEW,
     progress: Any = None,
+    weights: str | None = None,
 ) -> MinedUnits:
     """Project and save every top-k unit of ``maps`` (default: all maps of the layer), resumably.
 
@@ -152,15 +156,19 @@ def project_mined(
             neighbour, so that each input pixel stays a visible square).
         view: side in pixels of the displayed pair (the size the explorer shows them at).
         progress: a ``tqdm`` bar advanced by one per unit (projected or found done).
+        weights: the model's :func:`convlens.nets.fingerprint.weights_fingerprint` (computed here when
+            None; pass it to hash once for several layers). Saved maps of other weights are recomputed.
 
     Example:
         >>> done = project_mined(model, ds, tops["features.3"], "out", to_pixels=ds.pre.denormalize)
         >>> done.entries[7][0]["projection"]   # 'units/features.3/7_0_proj.png'
     """
     from convlens.deconv.rules import resolve_rule
+    from convlens.nets.fingerprint import weights_fingerprint
     from convlens.topk.tiles import unit_tiles
 
     rule, reason = resolve_rule(model, top.layer, rule)
+    weights = weights or weights_fingerprint(model)
     out = Path(out)
     folder = out / "units" / top.layer
     folder.mkdir(parents=True, exist_ok=True)
@@ -172,7 +180,7 @@ def project_mined(
     todo = []
     for m in maps:
         fresh = map_entries(top, m, class_names, describe)
-        old = _done(folder / f"{m}.json", fresh, rule)
+        old = _done(folder / f"{m}.json", fresh, rule, weights)
         if old is None:
             todo.append(m)
         else:
@@ -201,7 +209,8 @@ def project_mined(
                 save_png(tiles.shown_patches[i, r], out / e["patch"])
                 save_png(upscale_nearest(shade(tiles.projections[i, r], scale), factor), out / e["projection_full"])
                 save_png(upscale_nearest(tiles.patches[i, r].clamp(0, 1), factor), out / e["patch_full"])
-            doc = {"layer": top.layer, "map": m, "rule": rule, "saturated": bool(saturated[m]), "contrast": CONTRAST,
+            doc = {"layer": top.layer, "map": m, "rule": rule, "weights": weights, "saturated": bool(saturated[m]),
+                   "contrast": CONTRAST,
                    "entries": fresh}
             _write_json(folder / f"{m}.json", doc)
             entries[m] = fresh

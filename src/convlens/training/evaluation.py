@@ -13,7 +13,8 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+
+from convlens.io.progress import progress_bar
 
 __all__ = ["average_log_proba", "device_of", "evaluate", "predict_log_proba", "topk_correct", "topk_errors"]
 
@@ -59,7 +60,7 @@ def predict_log_proba(
     try:
         for m in models:
             m.eval()
-        for batch in tqdm(loader, disable=not progress, unit="batch", leave=False):
+        for batch in progress_bar(loader, disable=not progress, unit="batch", leave=False):
             x, y = batch[0].to(device), batch[1].to(device)
             if len(y) == 0:  # every image of the batch was unreadable (logged by the dataset)
                 continue

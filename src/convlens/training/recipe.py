@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from convlens.io.progress import progress_bar
 from convlens.nets.checkpoint import save_checkpoint
 from convlens.nets.convnet import ConvNet, get_config, init_weights
 from convlens.nets.device import resolve_device
@@ -130,6 +131,7 @@ class TrainConfig:
     normalize_std: bool | None = None  # divide inputs by the training pixel std; None: only with init="kaiming"
 
     def __post_init__(self) -> None:
+        _check_types(self)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
         for name, value in positive.items():
             if not value > 0:
@@ -146,9 +148,38 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive number of images, got {value}")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0 or self.workers < 0:
             raise ValueError("momentum must be in [0, 1), weight_decay >= 0 and workers >= 0")
+        for name in ("warmup_epochs", "plateau_patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 epochs, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be from 0 to {2**32 - 1}, got {self.seed}")
 
     def replace(self, **kw: object) -> TrainConfig:
         return dataclasses.replace(self, **kw)  # type: ignore[arg-type]
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Each field has its annotated kind (a TOML ``epochs = "ten"`` is named, not a Python error deep
+    inside the run); floats are finite."""
+    for f in dataclasses.fields(cfg):
+        value, kind = getattr(cfg, f.name), str(f.type)
+        if value is None and "None" in kind:
+            continue
+        if kind.startswith("int"):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind.startswith("float"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        elif kind.startswith("bool"):
+            ok = isinstance(value, bool)
+        elif kind.startswith("str"):
+            ok = isinstance(value, str)
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{f.name} must be {_KINDS[kind.split(' ')[0]]}, got {value!r}")
+
+
+_KINDS = {"int": "a whole number", "float": "a finite number", "bool": "true or false", "str": "a string"}
 
 
 @torch.no_grad()
@@ -209,7 +240,7 @@ def train_one_epoch(
     device = device_of(model)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss*n, top1, top5, n
     start = time.perf_counter()
-    bar = tqdm(loader, disable=not progress, unit="batch", leave=False, dynamic_ncols=True)
+    bar = progress_bar(loader, disable=not progress, unit="batch", leave=False, dynamic_ncols=True)
     for batch in bar:
         x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         if len(y) == 0:  # every image of the batch was unreadable (logged by the dataset)
@@ -349,7 +380,7 @@ class _Run:
             if self.rows:  # resumed: restore rows a kill may have lost (the checkpoint is the truth)
                 write_metrics(self.out / "metrics.csv", self.rows)
         row: dict[str, float] = self.rows[-1] if self.rows else {}
-        bar = tqdm(range(self.start_epoch + 1, cfg.epochs + 1), disable=not (progress and self.info.main),
+        bar = progress_bar(range(self.start_epoch + 1, cfg.epochs + 1), disable=not (progress and self.info.main),
                    unit="epoch", initial=self.start_epoch, total=cfg.epochs, dynamic_ncols=True)
         try:
             for epoch in bar:
@@ -389,9 +420,13 @@ class _Run:
                  row["val_loss"], row["val_top1_err"], row["val_top5_err"], lr, row["seconds"],
                  t["images"] / t["seconds"])
         if self.info.main and self.out is not None:
-            with defer_sigint():  # Ctrl-C while saving: finish the (atomic) save, then stop
-                self._save(epoch, row)
-                write_metrics(self.out / "metrics.csv", self.rows)
+            try:
+                with defer_sigint():  # Ctrl-C while saving: finish the (atomic) save, then stop
+                    self._save(epoch, row)
+                    write_metrics(self.out / "metrics.csv", self.rows)
+            except BaseException:  # not saved (a full disk): result.json must not report this epoch
+                self.rows.pop()
+                raise
         return row
 
     # --------------------------------------------------------------- checkpoints and resume

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from convlens.core.capture import record_activations
+from convlens.io.progress import progress_bar
 
 __all__ = [
     "PROBES",
@@ -122,7 +122,7 @@ def extract_features(
     labels, indices, seen = [], [], 0
     try:
         with record_activations(model, list(layers)) as acts:
-            for batch in tqdm(loader, disable=not progress, desc="features"):
+            for batch in progress_bar(loader, disable=not progress, desc="features"):
                 images, y, idx = _batch_parts(batch)
                 model(images.to(device))
                 for name in layers:
@@ -321,7 +321,7 @@ def evaluate_probes(
     for layer, x in feats.features.items():
         for probe in probes:
             results: dict[int, list[ProbeResult]] = {n: [] for n in n_train}
-            for n, _f, tr, te in tqdm(jobs, disable=not progress, desc=f"{layer}/{probe}"):
+            for n, _f, tr, te in progress_bar(jobs, disable=not progress, desc=f"{layer}/{probe}"):
                 results[n].append(fit_probe(x[tr], feats.labels[tr], x[te], feats.labels[te],
                                             kind=probe, c=c, num_classes=k, seed=seed))
             for n, rs in results.items():
