@@ -1,8 +1,9 @@
 """Mining a dataset in disjoint shards (job arrays, preemptible nodes) and merging them exactly.
 
 ``convlens mine ... --shard I/N --out SHARD_I`` mines the I-th of N contiguous parts of the dataset
-(:func:`shard_range`; resumable like any mining run) and writes its mining state, its activation
-table and ``shard.json`` (the settings it ran with). :func:`merge_shards` checks that the shards
+(:func:`shard_range`: whole batches of the one-process pass; resumable like any mining run) and
+writes its mining state, its activation table and ``shard.json`` (the settings it ran with).
+:func:`merge_shards` checks that the shards
 belong together (same model, data and settings; every part 0..N-1 once, each complete), folds
 their top-k accumulators in part order (:meth:`convlens.topk.TopKAccumulator.merge`: exact) and
 their tables (:func:`convlens.acttable.merge_tables`). Top-k, class means and tables are then
@@ -40,9 +41,12 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def shard_range(size: int, i: int, n: int) -> range:
-    """Dataset indices of part ``i`` of ``n``: ``[i * size // n, (i + 1) * size // n)``."""
-    return range(i * size // n, (i + 1) * size // n)
+def shard_range(size: int, i: int, n: int, batch_size: int = 1) -> range:
+    """Dataset indices of part ``i`` of ``n``: the batches ``[i * B // n, (i + 1) * B // n)`` of the
+    ``B = ceil(size / batch_size)`` batches of a one-process pass, so that every shard computes the
+    very same batches (floating-point results can depend on a batch's size and content)."""
+    batches = -(-size // batch_size)
+    return range(min(i * batches // n * batch_size, size), min((i + 1) * batches // n * batch_size, size))
 
 
 def write_shard_info(out: str | Path, shard: tuple[int, int], settings: Mapping[str, Any], key: str,
@@ -93,7 +97,7 @@ def _load_state(folder: Path, info: dict[str, Any]) -> TopKAccumulator:
     acc = TopKAccumulator(state["layers"], k=state["k"], per_image=state["per_image"], tie_seed=state["tie_seed"])
     acc.load_state_dict(state)
     i, n = info["shard"]
-    size = len(shard_range(int(info["dataset_size"]), int(i), int(n)))
+    size = len(shard_range(int(info["dataset_size"]), int(i), int(n), int(info["settings"]["batch_size"])))
     if acc.num_images + acc.num_skipped != size:
         raise ValueError(f"shard {i}/{n} in {folder} is not finished ({acc.num_images + acc.num_skipped} of "
                          f"{size} images); run its 'convlens mine ... --shard {i}/{n}' again to complete it")

@@ -84,7 +84,11 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_model_from_args(args, device)
         layers = parse_layers(args.layers, loaded)
         ds = open_dataset_from_args(args, loaded)
-        part = shard_range(len(ds), *shard) if shard else None
+        part = shard_range(len(ds), *shard, args.batch_size) if shard else None
+        if part is not None and not len(part):
+            raise ValueError(f"--shard {args.shard}: this part holds no images ({len(ds)} images make "
+                             f"{-(-len(ds) // args.batch_size)} batches); use at most "
+                             f"{-(-len(ds) // args.batch_size)} parts")
         loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                             sampler=part, collate_fn=collate_skip, pin_memory=device.type == "cuda")
         out = Path(args.out)
