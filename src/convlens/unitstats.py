@@ -10,7 +10,8 @@ Inputs are a map's (or a layer's) per-image maxima ``x`` over the mined images a
   order (the image whose value is ``numpy.quantile(x, q, method="lower")``); the k examples are the
   k consecutive images of the order centred on it (positions ``p - k // 2`` ..., shifted to stay
   inside ``0 .. n - 1``), listed from the strongest down.
-* **Histogram**: ``bins`` equal bins between the map's own minimum and maximum (``numpy.histogram``).
+* **Histogram**: ``bins`` equal bins between the map's own minimum and maximum (``numpy.histogram``;
+  a constant map gets the range value +- 0.5).
 * **Class statistics**: per class c, the mean of x over its images, and the **selectivity**
   ``(mean_c - mean_rest) / std`` (mean over the other images; std over all images, 0 when the map
   is constant).

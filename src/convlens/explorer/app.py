@@ -18,6 +18,7 @@ from flask import Flask, Response, abort, jsonify, redirect, render_template, re
 from werkzeug.exceptions import HTTPException
 
 from ..manifest import Result, Run, inside, load_run
+from .api import register_api
 from .jobs import Job, JobQueue, release_memory
 from .runindex import RULE_CHOICES, Mined, index_mine
 from .server import LOCAL_HOSTS, HostAllowlist
@@ -262,6 +263,7 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
     from .pages import register_pages
 
     register_pages(app, state)
+    register_api(app, state)
     return app
 
 
