@@ -119,7 +119,7 @@ class _Sink:
 
 def _zip_stream(files: list[tuple[Path, str]], chunk: int = 1 << 20) -> Iterator[bytes]:
     sink = _Sink()
-    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:  # type: ignore[arg-type]
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:  # type: ignore[call-overload]
         for path, name in files:
             with open(path, "rb") as src, zf.open(name, "w", force_zip64=True) as dst:
                 while block := src.read(chunk):
