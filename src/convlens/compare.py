@@ -168,8 +168,9 @@ def write_comparison(out: str | Path, matches: dict[str, LayerMatch], run_a: str
         summary=f"Each unit of A matched to the unit of B whose per-image maxima correlate best (Pearson r over "
                 f"the images both runs mined), and the reverse; a unit persists when r >= {PERSIST_R}.",
         params={"run_a": str(run_a), "run_b": str(run_b), "layers": {m.layer_a: m.layer_b for m in matches.values()}},
-        figures=[{"path": "compare.png", "caption": "Per layer: sorted best-match r both ways (left); the correlation "
-                  "matrix with A's units best first and B's in match order (right)."}],
+        figures=[{"path": "compare.png",
+                  "caption": "Per layer: sorted best-match r both ways (left; a dead unit counts as 0); the "
+                             "correlation matrix with A's units best first and B's in match order (right)."}],
         tables=[{"title": "Units matched per layer", "rows": rows,
                  "columns": ["layer A", "layer B", "images", "median best r (A to B)", "A units persisting"]}],
         data={"layers": {m.layer_a: m.to_dict() for m in matches.values()}},
