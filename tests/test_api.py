@@ -45,7 +45,8 @@ def test_unit_layer_and_archive(run: Path) -> None:
         assert (edges[0] == float(x.min()) and edges[-1] == float(x.max())) or x.min() == x.max() == edges[0] + 0.5
         assert sum(doc["histogram"]["counts"]) == 8 and len(doc["top"]) == 3
         assert set(doc["label"]) >= {"name", "score"} and doc["classes"][0]["name"] in ("a", "b")
-        assert (doc["label"]["name"] is None) == (doc["label"]["score"] < 0.75)
+        assert (doc["label"]["name"] is None) == (not doc["label"]["good"])
+        assert doc["label"]["score"] >= 0.75 or doc["label"]["name"] is None
     layer = client.get("/api/layer/conv5").get_json()
     assert layer["num_maps"] == table.layers["conv5"] == len(layer["maps"])
     assert {"map", "label", "top"} <= set(layer["maps"][0]) and "name" in layer["maps"][0]["label"]

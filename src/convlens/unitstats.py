@@ -18,7 +18,13 @@ Inputs are a map's (or a layer's) per-image maxima ``x`` over the mined images a
 * **AUROC** of class c: the probability that an image of c has a larger x than an image of
   another class, ties counting one half (Mann-Whitney U from average ranks; one sort per map).
 * **Label**: the class with the largest AUROC among classes with at least ``min_images`` images;
-  a map whose best AUROC is below ``threshold`` (default 0.75) has *no good label* (``name`` None).
+  a map has *no good label* (``name`` None) when that AUROC is below ``threshold`` (default 0.75)
+  or could be chance: with few images per class, the best of many classes' AUROCs is high even
+  for a random map, so the best one must also be significant, its z-score
+  ``(AUROC - 0.5) / sqrt((n + 1) / (12 n_c (n - n_c)))`` (the Mann-Whitney null, no tie
+  correction: conservative) at least the one-sided normal quantile ``1 - alpha / K`` (Bonferroni
+  over the K candidate classes; ``alpha`` 0.01). With 6 images per class of 102 classes, a label
+  needs an AUROC of about 0.94; with 50 per class of 10, about 0.68 (so the 0.75 floor decides).
   Group labels (a class hierarchy) are not computed: none of the datasets convlens reads gives one.
 """
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["QUANTILES", "ClassStats", "UnitLabels", "auroc", "bottom_k", "class_stats", "histogram",
+__all__ = ["QUANTILES", "ClassStats", "UnitLabels", "auroc", "bottom_k", "chance_sigma", "class_stats", "histogram",
            "quantile_examples", "unit_labels"]
 
 QUANTILES = (0.99, 0.9, 0.5, 0.1)
@@ -168,19 +174,36 @@ class UnitLabels:
                 "score": score if np.isfinite(score) else None, "good": self.names[m] is not None}
 
 
+def chance_sigma(counts: np.ndarray, n: int) -> np.ndarray:
+    """Per class, the standard deviation of the AUROC of a random map (Mann-Whitney null, no ties)."""
+    c = np.asarray(counts, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sqrt((n + 1) / (12.0 * c * (n - c)))
+
+
 def unit_labels(a: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *, threshold: float = 0.75,
-                min_images: int = 2) -> UnitLabels:
+                min_images: int = 2, alpha: float = 0.01) -> UnitLabels:
     """Label every map of ``a`` (n_images, C) with the class that best separates its activations
-    (module docstring); classes with fewer than ``min_images`` images are not candidates."""
+    (module docstring); classes with fewer than ``min_images`` images are not candidates; the best
+    AUROC must reach ``threshold`` and be significant at ``alpha`` (Bonferroni over the candidates)."""
+    from statistics import NormalDist
+
     if not 0.5 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0.5, 1], got {threshold}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     k = len(class_names)
+    labels = np.asarray(labels)
     scores = auroc(a, labels, k)
-    counts = np.bincount(np.asarray(labels)[(np.asarray(labels) >= 0) & (np.asarray(labels) < k)], minlength=k)
+    counts = np.bincount(labels[(labels >= 0) & (labels < k)], minlength=k)
     scores[:, counts < min_images] = np.nan
     filled = np.where(np.isfinite(scores), scores, -np.inf)
     best = np.argmax(filled, axis=1) if k else np.zeros(a.shape[1], dtype=np.int64)
     top = filled[np.arange(a.shape[1]), best] if k else np.full(a.shape[1], -np.inf)
-    names = [str(class_names[c]) if t >= threshold else None for c, t in zip(best, top, strict=True)]
+    candidates = int(np.isfinite(scores).any(0).sum())
+    z_min = NormalDist().inv_cdf(1 - alpha / max(candidates, 1))
+    sigma = chance_sigma(counts, len(labels))[best] if k else np.ones(a.shape[1])
+    good = (top >= threshold) & ((top - 0.5) / sigma >= z_min)
+    names = [str(class_names[c]) if g else None for c, g in zip(best, good, strict=True)]
     classes = np.where(np.isfinite(top), best, -1)
     return UnitLabels(classes, np.where(np.isfinite(top), top, np.nan), names, float(threshold))
