@@ -93,10 +93,21 @@ def _check(infos: Sequence[dict[str, Any]], folders: Sequence[Path]) -> int:
 
 
 def _load_state(folder: Path, info: dict[str, Any]) -> TopKAccumulator:
-    state = torch.load(folder / "mine.state", map_location="cpu", weights_only=True)["accumulator"]
-    acc = TopKAccumulator(state["layers"], k=state["k"], per_image=state["per_image"], tie_seed=state["tie_seed"])
-    acc.load_state_dict(state)
+    """The shard's finished accumulator (``mine.state``, or under torchrun its ranks' states merged)."""
+    paths = [folder / "mine.state"] if (folder / "mine.state").is_file() else \
+        sorted(folder.glob("mine.state.rank*"), key=lambda p: int(p.suffix.removeprefix(".rank") or 0))
+    acc = None
+    for path in paths:
+        state = torch.load(path, map_location="cpu", weights_only=True)["accumulator"]
+        part = TopKAccumulator(state["layers"], k=state["k"], per_image=state["per_image"], tie_seed=state["tie_seed"])
+        part.load_state_dict(state)
+        if acc is None:
+            acc = part
+        else:
+            acc.merge(part)
     i, n = info["shard"]
+    if acc is None:
+        raise ValueError(f"shard {i}/{n} in {folder} has no mining state; run its 'convlens mine ... --shard {i}/{n}'")
     size = len(shard_range(int(info["dataset_size"]), int(i), int(n), int(info["settings"]["batch_size"])))
     if acc.num_images + acc.num_skipped != size:
         raise ValueError(f"shard {i}/{n} in {folder} is not finished ({acc.num_images + acc.num_skipped} of "
