@@ -86,6 +86,10 @@ def test_merge_refuses_mismatched_or_incomplete_shards(ckpt: Path, data: Path, t
     assert main(argv(ckpt, data, c, "--shard", "0/2")) == 0
     with pytest.raises(ValueError, match="each once"):
         merge_shards(tmp_path / "m", [a, c])
+    info = json.loads((c / "shard.json").read_text())
+    (c / "shard.json").write_text(json.dumps({**info, "shard": [1, 2]}))  # claims part 1, holds part 0's state
+    with pytest.raises(ValueError, match=r"shard 1/2 .* is not finished \(8 of 7 images\)"):
+        merge_shards(tmp_path / "m", [a, c])
     with pytest.raises(ValueError, match="written by 'convlens mine --shard"):
         merge_shards(tmp_path / "m", [a, tmp_path])
     assert main(["merge", "--out", str(tmp_path / "m"), str(a), str(b)]) == 2
