@@ -4,8 +4,10 @@ ZFNet at 224 with random weights, random images held in memory (no decoding), co
 
 * Paired per batch (the headline ``overhead``): for every batch, in alternating order, a bare
   forward to conv5 (the deepest mined layer; mining stops there too) and the same forward plus the
-  top-9 bookkeeping (``TopKAccumulator.update`` on conv1..conv5). Pairing batch by batch cancels
-  the load drift of a shared machine, which swamps whole-pass timings.
+  top-9 bookkeeping (``TopKAccumulator.update`` on conv1..conv5), and the same plus the rows of
+  the activation tables (:mod:`convlens.topk.acttable`, memory-mapped float16 files in a temporary
+  folder): ``overhead_with_table``, and ``table_share`` = what the table adds to the mining step.
+  Pairing batch by batch cancels the load drift of a shared machine, which swamps whole-pass timings.
 * End to end: one ``mine_top_activations`` pass against one bare-forward pass and one full
   ``model(x)`` pass (noisier).
 * Projection stage: the top-9 of 16 conv5 maps through ``unit_tiles`` (batched deconvnet: one
@@ -27,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 
 import torch
 
 from convlens.nets.convnet import build_model
 from convlens.topk.accumulator import TopKAccumulator
+from convlens.topk.acttable import ActTableWriter
 from convlens.topk.mining import mine_top_activations
 from convlens.topk.tiles import unit_tiles
 
@@ -84,27 +88,35 @@ def main() -> None:
     def mine_step(xb: torch.Tensor, ib: torch.Tensor) -> None:
         acc.update(model.features(xb, LAYERS), ib)
 
-    t_fwd = t_mine = 1.0
+    acc_t = TopKAccumulator(LAYERS, k=9)
+    tmp = tempfile.TemporaryDirectory()
+    writer = ActTableWriter(tmp.name, args.images, LAYERS, "benchmark")
+    writer.open(resume=False)
+
+    def table_step(xb: torch.Tensor, ib: torch.Tensor) -> None:
+        acc_t.update(model.features(xb, LAYERS), ib)
+        for n in LAYERS:
+            writer.write(n, ib, acc_t.last_image_max[n])
+        writer.mark(ib, None)
+
+    t_fwd = t_mine = t_table = 1.0
     if args.projection_only:
         args.repeats = 0
     with torch.inference_mode():
         fwd(batches[0][0])  # warm-up
         if not args.projection_only:
-            t_fwd = t_mine = 0.0
+            t_fwd = t_mine = t_table = 0.0
         for rep in range(args.repeats):
             for b, (xb, _, ib) in enumerate(batches):
-                def run_fwd(xb: torch.Tensor = xb) -> None:
-                    fwd(xb)
-
-                def run_mine(xb: torch.Tensor = xb, ib: torch.Tensor = ib) -> None:
-                    mine_step(xb, ib)
-
-                if (b + rep) % 2:
-                    t_fwd += timed(run_fwd, device)
-                    t_mine += timed(run_mine, device)
-                else:
-                    t_mine += timed(run_mine, device)
-                    t_fwd += timed(run_fwd, device)
+                steps = [("fwd", lambda xb=xb: fwd(xb)), ("mine", lambda xb=xb, ib=ib: mine_step(xb, ib)),
+                         ("table", lambda xb=xb, ib=ib: table_step(xb, ib))]
+                shift = (b + rep) % 3
+                for name, step in steps[shift:] + steps[:shift]:  # rotating order
+                    t = timed(step, device)
+                    t_fwd, t_mine, t_table = (t_fwd + t * (name == "fwd"), t_mine + t * (name == "mine"),
+                                              t_table + t * (name == "table"))
+        writer.flush()
+    tmp.cleanup()
     overhead = t_mine / t_fwd
 
     tops = {}
@@ -132,6 +144,7 @@ def main() -> None:
     print(f"  {'pass':<28} {'seconds':>8} {'images/s':>9} {'ratio':>7}")
     print(f"  {'forward to conv5':<28} {t_fwd:8.2f} {n / t_fwd:9.1f} {1.0:7.3f}")
     print(f"  {'forward + top-9 bookkeeping':<28} {t_mine:8.2f} {n / t_mine:9.1f} {overhead:7.3f}")
+    print(f"  {'... + activation tables':<28} {t_table:8.2f} {n / t_table:9.1f} {t_table / t_fwd:7.3f}")
     print("end to end (one pass each, noisier):")
     for name, t in e2e.items():
         print(f"  {name:<28} {t:8.2f} {args.images / t:9.1f} {t / e2e.get('forward to conv5', t):7.3f}")
@@ -143,12 +156,14 @@ def main() -> None:
     timed_mining = not args.projection_only
     print(json.dumps({
         "overhead": round(overhead, 4) if timed_mining else None,
+        "overhead_with_table": round(t_table / t_fwd, 4) if timed_mining else None,
+        "table_share": round(t_table / t_mine - 1, 4) if timed_mining else None,
         "overhead_end_to_end": round(e2e["mining conv1-5"] / e2e["forward to conv5"], 4) if timed_mining else None,
         "overhead_end_to_end_vs_full_forward":
             round(e2e["mining conv1-5"] / e2e["forward (full)"], 4) if timed_mining else None,
         "images": args.images, "size": args.size, "batch_size": args.batch_size, "repeats": args.repeats,
         "device": str(device), "threads": torch.get_num_threads(),
-        "paired_seconds": {"forward": round(t_fwd, 3), "mining": round(t_mine, 3)},
+        "paired_seconds": {"forward": round(t_fwd, 3), "mining": round(t_mine, 3), "mining_table": round(t_table, 3)},
         "end_to_end_seconds": {k: round(v, 3) for k, v in e2e.items()},
         "projections_per_s": round(n_proj / t_proj, 2), "projection_layer": "conv5", "projections": n_proj,
         "captum_projections_per_s": round(captum_per_s, 2) if captum_per_s else None,

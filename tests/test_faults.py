@@ -161,6 +161,7 @@ def mine_argv(ckpt: Path, data: Path, out: Path) -> list[str]:
 def mine_outputs(out: Path) -> dict[str, bytes]:
     files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.png"))}
     files["result.json"] = (out / "result.json").read_bytes()
+    files.update({str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "acts").glob("*.npy"))})
     return files
 
 

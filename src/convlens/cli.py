@@ -129,6 +129,11 @@ def _output_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     out = getattr(args, "out", None)
     if not out or getattr(args, "command", None) in _NO_OUTPUT_LOCK or os.environ.get("RANK", "0") != "0":
         return contextlib.nullcontext()
+    if getattr(args, "resume", False) and not (Path(out).is_dir() and any(Path(out).iterdir())):
+        # checked before the lock creates the folder: a mistyped --out is not a run to resume (a folder
+        # holding only the lock is: a run killed at its start, resumed from scratch)
+        raise ValueError(f"--resume: {out} holds no training run (the folder is missing or empty); check the "
+                         "--out path, or leave out --resume to start a new run there")
     from convlens.io.lock import lock_output
 
     return lock_output(out)

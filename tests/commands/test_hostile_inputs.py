@@ -54,7 +54,7 @@ def test_out_component_over_255_bytes(tmp_path, capsys):
 def test_train_resume_on_an_empty_or_missing_folder(tmp_path, capsys):
     for out in (tmp_path / "TYPO", tmp_path):
         code, err = run_cli(["train", "--out", str(out), "--resume"], capsys)
-        assert code == 2 and "--resume" in err and "holds no training run" in err
+        assert code == 2 and "--resume" in err and "holds no training run" in err and "missing or empty" in err
 
 
 def test_demo_with_a_missing_dataset_fails(tmp_path, capsys):

@@ -124,7 +124,7 @@ def test_explorer_click_map_and_upload(browser, server_url: str, tmp_path: Path)
     _all_loaded(page)
     page.click("a.fmap >> nth=0")
     # a map the demo's mine did not project is projected on this first view (the page fills itself in)
-    page.wait_for_function("document.querySelectorAll('#projections img.proj').length == 9", timeout=120_000)
+    page.locator("#projections img.proj").nth(8).wait_for(timeout=120_000)
     _all_loaded(page)
     assert page.locator("#projections img.proj").count() == 9
     assert page.locator("#patches img.patch").count() == 9

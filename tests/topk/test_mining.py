@@ -171,7 +171,8 @@ def _worker(rank: int, world: int, init: str, x: torch.Tensor, out: str) -> None
     try:
         torch.set_num_threads(1)
         model = exact_tiny()
-        tops = mine_top_activations(model, DataLoader(Images(x), batch_size=3), ["conv2", "conv5"], k=4)
+        tops = mine_top_activations(model, DataLoader(Images(x), batch_size=3), ["conv2", "conv5"], k=4,
+                                    table=f"{out}.acts")
         torch.save({k: v.to_dict() for k, v in tops.items()}, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -183,7 +184,8 @@ def test_two_gloo_processes_equal_one(tiny, tmp_path):
 
     model, x, _ = tiny
     x = x[:21]
-    single = mine_top_activations(model, DataLoader(Images(x), batch_size=3), ["conv2", "conv5"], k=4)
+    single = mine_top_activations(model, DataLoader(Images(x), batch_size=3), ["conv2", "conv5"], k=4,
+                                  table=tmp_path / "single")
     init = f"file://{tmp_path / 'rendezvous'}"
     mp.spawn(_worker, args=(2, init, x, str(tmp_path / "out")), nprocs=2, join=True)
     for rank in range(2):
@@ -193,6 +195,12 @@ def test_two_gloo_processes_equal_one(tiny, tmp_path):
             assert torch.equal(got[layer]["dataset_indices"], single[layer].dataset_indices)
             assert torch.equal(got[layer]["positions"], single[layer].positions)
             assert got[layer]["num_images"] == 21
+    from convlens.topk.acttable import load_table
+
+    one, two = load_table(tmp_path / "single"), load_table(f"{tmp_path / 'out'}.acts")  # rank 0 merged the ranks'
+    assert two.meta["filled"] == [[0, 21]]
+    for layer in ("conv2", "conv5"):
+        assert np.array_equal(np.asarray(one.values(layer)), np.asarray(two.values(layer)))
 
 
 def _folder_with_a_broken_jpeg(tmp_path, classes):

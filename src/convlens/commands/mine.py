@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="project every map's top-k (per-unit PNGs for the explorer; default), only the figures' "
                         "maps, or none (fastest: no figures; the explorer projects a map when its page is opened)")
     p.add_argument("--save-every", type=positive_int, default=50, help="save resumable state every N batches")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="mine only the I-th of N contiguous parts of the dataset (0 <= I < N; e.g. one job of a "
+                        "SLURM array each); merge the parts with 'convlens merge --out RUN SHARD...'")
     add_device_arg(p)
     add_out_arg(p)
     p.set_defaults(func=run)
@@ -71,17 +74,25 @@ def run(args: argparse.Namespace) -> int:
     from convlens.commands._common import load_model_from_args, open_dataset_from_args, parse_layers, resolve_device_arg
     from convlens.images.data import collate_skip
     from convlens.nets.fingerprint import weights_fingerprint
+    from convlens.topk.acttable import write_image_names
     from convlens.topk.mining import mine_top_activations
+    from convlens.topk.shards import parse_shard, shard_range, write_shard_info
     from convlens.training import distributed
 
+    shard = parse_shard(args.shard) if args.shard else None
     device = resolve_device_arg(args)
     info = distributed.setup(device)
     try:
         loaded = load_model_from_args(args, device)
         layers = parse_layers(args.layers, loaded)
         ds = open_dataset_from_args(args, loaded)
+        part = shard_range(len(ds), *shard, args.batch_size) if shard else None
+        if part is not None and not len(part):
+            raise ValueError(f"--shard {args.shard}: this part holds no images ({len(ds)} images make "
+                             f"{-(-len(ds) // args.batch_size)} batches); use at most "
+                             f"{-(-len(ds) // args.batch_size)} parts")
         loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                            collate_fn=collate_skip, pin_memory=device.type == "cuda")
+                            sampler=part, collate_fn=collate_skip, pin_memory=device.type == "cuda")
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         spec = args.checkpoint or f"{args.arch}:{args.weights}"
@@ -89,9 +100,17 @@ def run(args: argparse.Namespace) -> int:
         key = (f"{spec}@{args.weights_hash}|{args.dataset}|{args.data_dir}|{args.split}|{args.limit}|{args.normalize}|"
                f"{args.input_size}|{','.join(layers)}")
         tops = mine_top_activations(loaded.model, loader, layers, k=args.k, per_image=args.per_image,
-                                    state_path=out / "mine.state", save_every=args.save_every, state_key=key,
-                                    progress=True, tie_seed=args.seed, num_classes=len(ds.classes) or None)
+                                    state_path=out / "mine.state", save_every=args.save_every,
+                                    state_key=key + (f"|shard {shard[0]}/{shard[1]}" if shard else ""),
+                                    progress=True, tie_seed=args.seed, num_classes=len(ds.classes) or None,
+                                    table=out / "acts")
         if not info.main:
+            return 0
+        write_image_names(out / "acts", ds)
+        if shard:
+            write_shard_info(out, shard, {**vars(args), "num_classes": len(ds.classes) or None}, key, len(ds))
+            print(f"shard {shard[0]}/{shard[1]}: {len(part or ())} images mined into {out}; "  # type: ignore[arg-type]
+                  "merge all parts with 'convlens merge --out RUN SHARD...'")
             return 0
         from convlens.io.artifacts import atomic_write
 

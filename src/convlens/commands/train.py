@@ -110,10 +110,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values: dict[str, Any] = {}
     run_config = Path(getattr(args, "out", "")) / "config.json"
-    if getattr(args, "resume", False) and getattr(args, "out", None) and not run_config.is_file() \
-            and not (Path(args.out) / "checkpoints").is_dir():
-        raise ValueError(f"--resume: {args.out} holds no training run (no config.json, no checkpoints/); "
-                         "check the --out path, or leave out --resume to start a new run there")
     if getattr(args, "resume", False) and getattr(args, "out", None) and run_config.is_file():
         # --resume continues the run as configured; flags given now (e.g. --epochs, a lower --lr) override
         values.update({k: v for k, v in json.loads(run_config.read_text()).items() if k in fields})

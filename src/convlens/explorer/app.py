@@ -19,6 +19,7 @@ from typing import Any
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
+from convlens.explorer.api import register_api
 from convlens.explorer.jobs import Job, JobQueue, release_memory
 from convlens.explorer.ondemand import Projector
 from convlens.explorer.public import public_json
@@ -304,6 +305,7 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
     from convlens.explorer.pages import register_pages
 
     register_pages(app, state)
+    register_api(app, state)
     return app
 
 

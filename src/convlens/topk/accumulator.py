@@ -194,6 +194,7 @@ class TopKAccumulator:
         self.class_counts = torch.zeros(0, dtype=torch.long)
         self._class_sums: dict[str, torch.Tensor] = {}
         self._tops: dict[str, _Top] = {}
+        self.last_image_max: dict[str, torch.Tensor] = {}  # per layer, the last batch's (C, B) per-image maxima
 
     def update(self, acts: Mapping[str, torch.Tensor], indices: torch.Tensor, labels: torch.Tensor | None = None,
                *, rank_by: Mapping[str, torch.Tensor] | None = None,
@@ -226,6 +227,7 @@ class TopKAccumulator:
             top.to(act.device)
         score = act if rank_by is None else rank_by.detach()
         scores, flat, hw, image_max = _candidates(score, self.per_image)
+        self.last_image_max[layer] = image_max
         values = scores if rank_by is None else _gather_output(act, flat)
         per = scores.shape[1] // max(len(indices), 1)
         idx = indices.to(device=act.device, dtype=torch.long)

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, RandomSampler, Sampler
 from convlens.images.sources import note_skipped, skip_reason
 from convlens.io.progress import progress_bar
 from convlens.topk.accumulator import TopActivations, TopKAccumulator
+from convlens.topk.acttable import ActTableWriter, merge_tables
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ def mine_top_activations(
     tie_seed: int = 0,
     rank_pre_clip: bool = True,
     num_classes: int | None = None,
+    table: str | Path | None = None,
 ) -> dict[str, TopActivations]:
     """One streaming pass over ``loader``: the top-k activations of every map of ``layers``.
 
@@ -185,6 +187,8 @@ def mine_top_activations(
         rank_pre_clip: rank clipped layers (ReLU6, Hardtanh) by their pre-clip value.
         num_classes: pad the class means to this many classes (default: ``len(dataset.classes)``
             when the loader's dataset has ``classes``, else the largest label seen + 1).
+        table: write the activation tables (:mod:`convlens.topk.acttable`) into this folder, resumably
+            with the state (under torchrun each rank writes ``table/rankR``, merged by rank 0).
 
     Returns:
         dict layer -> :class:`TopActivations` (with ``labels``, ``class_means`` and, for clipped
@@ -208,6 +212,14 @@ def mine_top_activations(
     clips = clip_modules(model, layers) if rank_pre_clip else {}
     inplace = [c for c in clips.values() if c.inplace]
     done = _resume(path, key, acc) if path is not None else 0
+    writer = None
+    if table is not None:
+        if not isinstance(loader, DataLoader):
+            raise ValueError("table needs a torch DataLoader (its dataset's size gives the table's rows)")
+        writer = ActTableWriter(Path(table) / f"rank{rank}" if world > 1 else table, len(dataset), layers, key)  # type: ignore[arg-type]
+        if not writer.open(resume=done > 0) and done:
+            log.warning("the activation table in %s belongs to another run: mining again from the start", table)
+            acc, done = TopKAccumulator(layers, k=k, per_image=per_image, tie_seed=tie_seed), 0
     batches, todo = _batches(loader, done, rank, world)
     param = next(model.parameters())
     was_training = model.training
@@ -219,19 +231,25 @@ def mine_top_activations(
             c.inplace = False
         with torch.inference_mode():
             for b, batch in enumerate(batches, start=done):
-                bar.update(_mine_batch(model, acc, batch, param, layers, clips))
+                bar.update(_mine_batch(model, acc, batch, param, layers, clips, writer))
                 done = b + 1
                 if path is not None and done % save_every == 0:
+                    if writer is not None:
+                        writer.flush()
                     _save_state(path, {"accumulator": acc.state_dict(), "batches": done, "key": key})
     finally:
         bar.close()
         model.train(was_training)
         for c in inplace:
             c.inplace = True
+    if writer is not None:
+        writer.flush()
     if path is not None:
         _save_state(path, {"accumulator": acc.state_dict(), "batches": done, "key": key})
     if world > 1:
-        acc = _gather(acc, world)
+        acc = _gather(acc, world)  # also waits for every rank's table
+        if writer is not None and rank == 0:
+            merge_tables(table, [Path(table) / f"rank{r}" for r in range(world)])  # type: ignore[arg-type]
     return acc.result(num_classes)
 
 
@@ -254,7 +272,8 @@ def _resume(path: Path, key: dict[str, Any], acc: TopKAccumulator) -> int:
 
 
 def _mine_batch(model: nn.Module, acc: TopKAccumulator, batch: Any, param: torch.Tensor,
-                layers: Sequence[str], clips: dict[str, nn.Hardtanh] | None = None) -> int:
+                layers: Sequence[str], clips: dict[str, nn.Hardtanh] | None = None,
+                writer: ActTableWriter | None = None) -> int:
     """Mine one batch; returns the number of images it held (read or skipped)."""
     names = list(getattr(batch, "skipped", ()))
     skipped = len(names)
@@ -270,8 +289,12 @@ def _mine_batch(model: nn.Module, acc: TopKAccumulator, batch: Any, param: torch
         rank_by = {n: acts[f"{n}:preclip"] for n in layers if f"{n}:preclip" in acts}
         ceilings = {n: float(clips[n].max_val) for n in rank_by} if clips else {}
         labels = torch.as_tensor(labels) if labels is not None else None
-        acc.update(acts, indices, labels if labels is not None and labels.dim() == 1 else None, rank_by=rank_by,
-                   ceilings=ceilings)
+        labels = labels if labels is not None and labels.dim() == 1 else None
+        acc.update(acts, indices, labels, rank_by=rank_by, ceilings=ceilings)
+        if writer is not None:
+            for n in layers:
+                writer.write(n, indices, acc.last_image_max[n])
+            writer.mark(indices, labels)
     return len(indices) + skipped
 
 
