@@ -30,7 +30,7 @@ from .param import init_spectrum, to_rgb
 from .transforms import TransformSpec, apply_transforms, draw_transforms
 from .truncated import truncated_forward
 
-__all__ = ["OBJECTIVES", "FeatvisConfig", "FeatureVisualization", "check_units", "objective_values", "render",
+__all__ = ["OBJECTIVES", "FeatvisConfig", "FeatureVisualization", "check_units", "model_dtype_device", "objective_values", "render",
            "unit_generator"]
 
 log = logging.getLogger(__name__)
@@ -138,8 +138,17 @@ def check_units(act_channels: int, units: Sequence[int], layer: str) -> tuple[in
     return out
 
 
+def model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of the model's first initialized floating-point parameter (float32, CPU without one)."""
+    for p in model.parameters():
+        if not isinstance(p, nn.parameter.UninitializedParameter) and p.is_floating_point():
+            return p.dtype, p.device
+    return torch.float32, torch.device("cpu")
+
+
 def _frozen(model: nn.Module) -> list[tuple[nn.Parameter, bool]]:
-    saved = [(p, p.requires_grad) for p in model.parameters()]
+    saved = [(p, p.requires_grad) for p in model.parameters()
+             if not isinstance(p, nn.parameter.UninitializedParameter)]
     for p, _ in saved:
         p.requires_grad_(False)  # the weights need no gradient: a third less work per step
     return saved
@@ -169,9 +178,7 @@ def render(model: nn.Module, layer: str, units: Sequence[int], *, preprocessing:
         >>> fv.images.shape  # (16, 1, 3, 128, 128)
     """
     forward = truncated_forward(model, layer)
-    p0 = next(model.parameters(), None)
-    dtype = p0.dtype if p0 is not None and p0.is_floating_point() else torch.float32
-    device = p0.device if p0 is not None else torch.device("cpu")
+    dtype, device = model_dtype_device(model)
     mode = model.training
     model.eval()
     saved = _frozen(model)

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..artifacts import save_png, write_json
 from ..data import Preprocessing
-from .render import FeatvisConfig, objective_values, render
+from .render import FeatvisConfig, model_dtype_device, objective_values, render
 from .truncated import truncated_forward
 
 __all__ = ["CACHE_DIR", "mined_top1", "read_back", "render_to_dir", "unit_featvis"]
@@ -63,8 +63,7 @@ def read_back(model: nn.Module, layer: str, paths: Sequence[Path], units: Sequen
 
     ``units[i]`` is the channel of ``paths[i]``. The model's mode is left as found.
     """
-    p0 = next(model.parameters(), None)
-    dtype, device = (p0.dtype, p0.device) if p0 is not None else (torch.float32, torch.device("cpu"))
+    dtype, device = model_dtype_device(model)
     arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(dtype=dtype, device=device) / 255.0
     channels = torch.tensor(list(units), device=device)
