@@ -30,8 +30,8 @@ from .param import init_spectrum, to_rgb
 from .transforms import TransformSpec, apply_transforms, draw_transforms
 from .truncated import truncated_forward
 
-__all__ = ["OBJECTIVES", "FeatvisConfig", "FeatureVisualization", "check_units", "model_dtype_device", "objective_values", "render",
-           "unit_generator"]
+__all__ = ["DEFAULT_CONFIG", "OBJECTIVES", "FeatureVisualization", "FeatvisConfig", "check_units", "model_dtype_device",
+           "objective_values", "render", "unit_generator"]
 
 log = logging.getLogger(__name__)
 OBJECTIVES = ("channel", "neuron")
@@ -72,6 +72,9 @@ class FeatvisConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+DEFAULT_CONFIG = FeatvisConfig()
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ def _frozen(model: nn.Module) -> list[tuple[nn.Parameter, bool]]:
 
 
 def render(model: nn.Module, layer: str, units: Sequence[int], *, preprocessing: Preprocessing,
-           config: FeatvisConfig = FeatvisConfig(), progress: bool = False) -> FeatureVisualization:
+           config: FeatvisConfig = DEFAULT_CONFIG, progress: bool = False) -> FeatureVisualization:
     """Optimize one image (``config.diverse`` images) per unit of ``layer`` to excite it, all in one batch.
 
     The model is run in eval mode up to ``layer`` only; its mode and its parameters'

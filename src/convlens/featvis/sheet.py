@@ -14,7 +14,7 @@ import torch
 
 from ..artifacts import save_png, write_result
 from ..viz import hstack, resize_tile, text_block, vstack
-from .render import FeatvisConfig
+from .render import DEFAULT_CONFIG, FeatvisConfig
 from .store import mined_top1, render_to_dir
 
 __all__ = ["NO_RUN_NOTE", "contact_sheet", "tile_caption", "write_featvis"]
@@ -50,7 +50,7 @@ def contact_sheet(folder: Path, records: Sequence[dict[str, Any]], title: str, *
 
 
 def write_featvis(loaded: Any, layer: str, units: Sequence[int], out: str | Path, *,
-                  config: FeatvisConfig = FeatvisConfig(), run: str | Path | None = None,
+                  config: FeatvisConfig = DEFAULT_CONFIG, run: str | Path | None = None,
                   progress: bool = False, params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Render ``units`` of ``layer`` into ``out`` (resumable), save ``featvis_<layer>.png`` (the contact
     sheet) and ``result.json`` (kind ``featvis``); return the result's ``data``.

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..artifacts import save_png, write_json
 from ..data import Preprocessing
-from .render import FeatvisConfig, model_dtype_device, objective_values, render
+from .render import DEFAULT_CONFIG, FeatvisConfig, model_dtype_device, objective_values, render
 from .truncated import truncated_forward
 
 __all__ = ["CACHE_DIR", "mined_top1", "read_back", "render_to_dir", "unit_featvis"]
@@ -99,7 +99,7 @@ def mined_top1(run: str | Path, layer: str) -> dict[int, float] | None:
 
 
 def render_to_dir(model: nn.Module, layer: str, units: Sequence[int], out: str | Path, *,
-                  preprocessing: Preprocessing, config: FeatvisConfig = FeatvisConfig(), model_name: str = "",
+                  preprocessing: Preprocessing, config: FeatvisConfig = DEFAULT_CONFIG, model_name: str = "",
                   top1: Mapping[int, float] | None = None, progress: bool = False) -> list[dict[str, Any]]:
     """Render the units not yet done in ``out`` (one batch), save them, and return every unit's record.
 
@@ -132,7 +132,7 @@ def _save_unit(model: nn.Module, layer: str, unit: int, images: torch.Tensor, fo
                settings: dict[str, Any], pre: Preprocessing, config: FeatvisConfig,
                top1: Mapping[int, float] | None) -> dict[str, Any]:
     names = _names(unit, images.shape[0])
-    for name, img in zip(names, images):
+    for name, img in zip(names, images, strict=True):
         save_png(img, folder / name)
     act, peak = read_back(model, layer, [folder / n for n in names], [unit] * len(names), preprocessing=pre,
                           objective=config.objective)
@@ -145,7 +145,7 @@ def _save_unit(model: nn.Module, layer: str, unit: int, images: torch.Tensor, fo
 
 
 def unit_featvis(run: str | Path, loaded: Any, layer: str, unit: int, *,
-                 config: FeatvisConfig = FeatvisConfig()) -> dict[str, Any]:
+                 config: FeatvisConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """One unit of a run, cached in ``run/featvis`` (for the explorer's unit page): its record
     (see :func:`render_to_dir`), with ``path``, the first image's path, added.
 

@@ -68,7 +68,7 @@ def apply_transforms(images: torch.Tensor, params: TransformParams, spec: Transf
     Output pixel ``q`` reads the padded image at ``c + R(-angle) (q + shift2 - c) / scale + shift1``
     (``c`` the centre of the jittered image), with ``pad_value`` outside the image.
     """
-    n, _, s, _ = images.shape
+    s = images.shape[-1]
     o = output_size(s, spec)
     c = (s + 2 * spec.pad - spec.jitter1 - 1) / 2.0  # centre of the first jitter's crop
     dt, dev = images.dtype, images.device
