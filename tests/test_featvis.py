@@ -231,6 +231,14 @@ def test_cli_end_to_end(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.Ca
                  "--steps", "2", "--size", "24", "--out", str(tmp_path / "fv2")])
     assert code == 0
     assert "ratio to top-1 absent" in json.loads((tmp_path / "fv2" / "result.json").read_text())["data"]["note"]
+    # the static report shows the result as its own section, with the contact sheet
+    from convlens.report import build_report
+
+    (tmp_path / "run").mkdir()
+    out.rename(tmp_path / "run" / "featvis")
+    html = build_report(tmp_path / "run").read_text()
+    assert '<section id="featvis"' in html and "Feature visualization by optimization" in html
+    assert re.search(r'<img src="assets/[^"]*featvis_conv2[^"]*\.png"', html), html[:2000]
 
 
 @pytest.mark.parametrize(("argv", "pattern"), [

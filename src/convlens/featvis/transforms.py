@@ -1,13 +1,14 @@
 """Lucid's standard transforms (pad, jitter, scale, rotate, jitter), drawn per image.
 
-Lucent's ``standard_transforms`` are ``pad(12, 0.5)``, ``jitter(8)``, ``random_scale(0.9 ..
-1.1)``, ``random_rotate(-10 .. 10 degrees, 0 five times more likely)``, ``jitter(4)``, with one
-draw shared by the whole batch. Here every image gets its own draw, from its unit's generator (so
-a unit's result does not depend on which other units share the batch), and the chain is one
-bilinear resampling per image (:func:`torch.nn.functional.grid_sample`) instead of five steps.
-One departure: Lucent's scale resizes the image (its size changes with the draw); here the scale
-zooms about the centre and the size stays ``S + 2 * pad - jitter1 - jitter2`` (``S + 12``), so
-images with different draws share one batch.
+Lucid's and Lucent's ``standard_transforms`` are ``pad(12, 0.5)``, ``jitter(8)``,
+``random_scale(0.9 .. 1.1)``, ``random_rotate(-10 .. 10 degrees, 0 five times more likely)``,
+``jitter(4)``, with one draw shared by the whole batch. Here every image gets its own draw, from
+its unit's generator (so a unit's result does not depend on which other units share the batch),
+and the chain is one bilinear resampling per image (:func:`torch.nn.functional.grid_sample`)
+instead of five steps. Departures, so that images with different draws share one batch: the
+scale zooms about the centre instead of resizing the image (whose size would change with the
+draw), and the jitters are crops as in Lucid (Lucent translates instead), so the size is always
+``S + 2 * pad - jitter1 - jitter2`` (``S + 12``).
 """
 from __future__ import annotations
 
