@@ -228,8 +228,8 @@ def test_cli_end_to_end(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.Ca
     assert (out / "featvis_conv2.png").is_file() and (out / "conv2" / "unit_5.png").is_file()
     assert "peak / top-1" in capsys.readouterr().out
     code = main(["featvis", "--checkpoint", str(tiny_checkpoint), "--layer", "conv2", "--units", "0",
-                 "--steps", "2", "--size", "24", "--out", str(tmp_path / "fv2")])
-    assert code == 0
+                 "--steps", "2", "--size", "24", "--diverse", "2", "--out", str(tmp_path / "fv2")])
+    assert code == 0 and (tmp_path / "fv2" / "conv2" / "unit_0_1.png").is_file()
     assert "ratio to top-1 absent" in json.loads((tmp_path / "fv2" / "result.json").read_text())["data"]["note"]
     # the static report shows the result as its own section, with the contact sheet
     from convlens.report import build_report
