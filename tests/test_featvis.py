@@ -255,3 +255,17 @@ def test_cli_bad_arguments(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest
                  "--out", str(tmp_path / "o")])
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert code == 2 and lines[-1].startswith("error: ") and re.search(pattern, lines[-1]), lines
+
+
+def test_unit_featvis_caches_in_the_run(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from convlens.featvis import CACHE_DIR, unit_featvis
+
+    torch.save({"3": {"values": torch.tensor([[4.0, 1.0], [2.0, 1.0]])}}, tmp_path / "topk.pt")
+    loaded = SimpleNamespace(model=small_net(), preprocessing=PRE, arch="small")
+    cfg = FeatvisConfig(steps=2, size=16)
+    rec = unit_featvis(tmp_path, loaded, "3", 1, config=cfg)
+    assert rec["path"] == str(tmp_path / CACHE_DIR / "3" / "unit_1.png") and Path(rec["path"]).is_file()
+    assert rec["top1"] == 2.0 and rec["ratio"] == [rec["peak"][0] / 2.0]
+    assert json.loads((tmp_path / CACHE_DIR / "3" / "unit_1.json").read_text())["settings"]["model"] == "small"
