@@ -32,10 +32,11 @@ __all__ = [
 ]
 
 SCHEMA = "convlens.result/1"
-# The paper's order (Sec. 2-5): architecture, Fig. 2, 4, 5, 6, 7, Table 1, Tables 2-3, 4-7, projections.
+# The paper's order (Sec. 2-5): architecture, Fig. 2, 4, 5, 6, 7, Table 1, Tables 2-3, 4-7, projections;
+# then what goes beyond the paper (feature visualization by optimization).
 KIND_ORDER = (
     "summary", "mine", "evolution", "invariance", "diagnose", "occlusion", "correspond",
-    "ablate", "transfer", "project",
+    "ablate", "transfer", "project", "featvis",
 )
 
 

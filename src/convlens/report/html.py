@@ -43,6 +43,9 @@ SECTIONS: dict[str, tuple[str, str, str]] = {
     "transfer": ("Feature generalization", "Tables 4-7, Fig. 9",
                  "Linear classifiers trained on each layer's features of another data set."),
     "project": ("Deconvnet projections", "Fig. 1", "Single units projected back to pixel space."),
+    "featvis": ("Feature visualization by optimization", "Olah et al. 2017",
+                "Images optimized to excite each unit, with their activation relative to the unit's strongest "
+                "mined image; the top-9 remain the primary view."),
 }
 _CONFIG_KEYS = ("arch", "dataset", "epochs", "batch_size", "lr", "momentum", "weight_decay", "init",
                 "clip_radius", "limit_train", "limit_val", "seed", "device")
