@@ -45,10 +45,10 @@ import torch.nn.functional as F
 import torchvision
 from _timing import timed
 
+from convlens.core.capture import capture
 from convlens.featvis import FeatvisConfig, render
-from convlens.hooks import capture
-from convlens.loading import load_model
-from convlens.model_meta import make_preprocessing, parse_normalize
+from convlens.nets.loading import load_model
+from convlens.nets.meta import make_preprocessing, parse_normalize
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "shared/data/models/mobilenet_v2_imagenet/mobilenet_v2_imagenet.pt"
 COLOR = np.asarray([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]]).astype("float32")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_device_arg, add_model_args, add_out_arg, positive_int
+from convlens.commands._common import add_device_arg, add_model_args, add_out_arg, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,8 +55,8 @@ def parse_units(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..featvis import FeatvisConfig, write_featvis
-    from ._common import load_model_from_args, resolve_device_arg, run_params
+    from convlens.commands._common import load_model_from_args, resolve_device_arg, run_params
+    from convlens.featvis import FeatvisConfig, write_featvis
 
     units = parse_units(args.units)
     if not args.lr > 0:

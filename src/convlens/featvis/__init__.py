@@ -19,12 +19,12 @@ ratio of their activation to the top-1 natural image's, and go beside the top 9,
 """
 from __future__ import annotations
 
-from .param import decorrelate_color, fourier_image, to_rgb
-from .render import FeatureVisualization, FeatvisConfig, render, unit_generator
-from .sheet import contact_sheet, write_featvis
-from .store import CACHE_DIR, mined_top1, read_back, render_to_dir, unit_featvis
-from .transforms import TransformSpec, apply_transforms, draw_transforms
-from .truncated import truncated_forward
+from convlens.featvis.param import decorrelate_color, fourier_image, to_rgb
+from convlens.featvis.render import FeatureVisualization, FeatvisConfig, render, unit_generator
+from convlens.featvis.sheet import contact_sheet, write_featvis
+from convlens.featvis.store import CACHE_DIR, mined_top1, read_back, render_to_dir, unit_featvis
+from convlens.featvis.transforms import TransformSpec, apply_transforms, draw_transforms
+from convlens.featvis.truncated import truncated_forward
 
 __all__ = ["CACHE_DIR", "FeatureVisualization", "FeatvisConfig", "TransformSpec", "apply_transforms",
            "contact_sheet", "decorrelate_color", "draw_transforms", "fourier_image", "mined_top1", "read_back",

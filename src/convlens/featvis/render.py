@@ -1,7 +1,7 @@
 """The optimization: every requested unit of one layer in one batch (Olah et al. 2017's recipe).
 
 Per step: spectra -> pixels (:mod:`.param`) -> a transform drawn per image (:mod:`.transforms`)
--> the model's own normalization (:meth:`convlens.data.Preprocessing.normalize`) -> the model up
+-> the model's own normalization (:meth:`convlens.images.data.Preprocessing.normalize`) -> the model up
 to the layer only (:mod:`.truncated`) -> the loss ``-sum(objective)`` (+ the diversity term) ->
 Adam. The loss is a *sum* over units and Adam works element by element, and BatchNorm in eval mode
 treats each image alone: so unit ``u``'s images follow exactly the path they would follow alone.
@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..data import Preprocessing
-from .param import init_spectrum, to_rgb
-from .transforms import TransformSpec, apply_transforms, draw_transforms
-from .truncated import truncated_forward
+from convlens.featvis.param import init_spectrum, to_rgb
+from convlens.featvis.transforms import TransformSpec, apply_transforms, draw_transforms
+from convlens.featvis.truncated import truncated_forward
+from convlens.images.data import Preprocessing
 
 __all__ = ["DEFAULT_CONFIG", "OBJECTIVES", "FeatureVisualization", "FeatvisConfig", "check_units", "model_dtype_device",
            "objective_values", "render", "unit_generator"]

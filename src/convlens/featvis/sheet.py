@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifacts import save_png, write_result
-from ..viz import hstack, resize_tile, text_block, vstack
-from .render import DEFAULT_CONFIG, FeatvisConfig
-from .store import mined_top1, render_to_dir
+from convlens.featvis.render import DEFAULT_CONFIG, FeatvisConfig
+from convlens.featvis.store import mined_top1, render_to_dir
+from convlens.io.artifacts import save_png, write_result
+from convlens.io.viz import hstack, resize_tile, text_block, vstack
 
 __all__ = ["NO_RUN_NOTE", "contact_sheet", "tile_caption", "write_featvis"]
 
@@ -56,7 +56,7 @@ def write_featvis(loaded: Any, layer: str, units: Sequence[int], out: str | Path
     sheet) and ``result.json`` (kind ``featvis``); return the result's ``data``.
 
     Args:
-        loaded: :class:`convlens.loading.Loaded` (model, preprocessing, name).
+        loaded: :class:`convlens.nets.loading.Loaded` (model, preprocessing, name).
         run: a ``convlens mine`` output folder for the sanity ratio (None: the ratio is absent).
         params: recorded in ``result.json`` (the CLI's flags).
 

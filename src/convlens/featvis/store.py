@@ -29,10 +29,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..artifacts import save_png, write_json
-from ..data import Preprocessing
-from .render import DEFAULT_CONFIG, FeatvisConfig, model_dtype_device, objective_values, render
-from .truncated import truncated_forward
+from convlens.featvis.render import DEFAULT_CONFIG, FeatvisConfig, model_dtype_device, objective_values, render
+from convlens.featvis.truncated import truncated_forward
+from convlens.images.data import Preprocessing
+from convlens.io.artifacts import save_png, write_json
 
 __all__ = ["CACHE_DIR", "mined_top1", "read_back", "render_to_dir", "unit_featvis"]
 
@@ -151,7 +151,7 @@ def unit_featvis(run: str | Path, loaded: Any, layer: str, unit: int, *,
 
     Args:
         run: a run folder (a ``convlens mine`` output gives the sanity ratio).
-        loaded: the run's model (:class:`convlens.loading.Loaded`).
+        loaded: the run's model (:class:`convlens.nets.loading.Loaded`).
     """
     cache = Path(run) / CACHE_DIR
     rec = render_to_dir(loaded.model, layer, [unit], cache, preprocessing=loaded.preprocessing, config=config,

@@ -5,10 +5,10 @@ would be wasted work. :func:`truncated_forward` returns a function ``x -> activa
 
 - when ``torch.fx`` can trace the model (torchvision, timm and most hand-written nets): a
   ``GraphModule`` holding the traced nodes up to the layer's output node (the module's last call,
-  or the last node inside a container; :func:`convlens._incremental.output_node`). It calls the
+  or the last node inside a container; :func:`convlens.occlusion.incremental.output_node`). It calls the
   model's own modules, so their weights and hooks (e.g. TF "SAME" padding pre-hooks) are current;
   forward hooks on *containers* are not run (fx inlines them);
-- otherwise: :func:`convlens.hooks.capture` with ``no_grad=False``, whose hook stops the forward
+- otherwise: :func:`convlens.core.capture.capture` with ``no_grad=False``, whose hook stops the forward
   (an exception) once the layer's output is recorded.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .._incremental import output_node, traced
-from ..hooks import capture, get_module, resolve_layer
+from convlens.core.capture import capture, get_module, resolve_layer
+from convlens.core.graph import output_node, traced
 
 __all__ = ["truncated_forward"]
 

@@ -12,12 +12,12 @@ import torchvision
 from torch import nn
 
 from convlens.cli import main
+from convlens.core.capture import capture
 from convlens.featvis import FeatvisConfig, render, render_to_dir, truncated_forward
 from convlens.featvis.param import color_matrix, decorrelate_color, fourier_image, freq_scale, init_spectrum, to_rgb
 from convlens.featvis.render import diversity
 from convlens.featvis.transforms import TransformParams, TransformSpec, apply_transforms, draw_transforms
-from convlens.hooks import capture
-from convlens.model_meta import make_preprocessing, parse_normalize
+from convlens.nets.meta import make_preprocessing, parse_normalize
 
 PRE = make_preprocessing(parse_normalize("imagenet"), 32)
 
