@@ -23,12 +23,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from convlens.featvis.param import init_spectrum, to_rgb
 from convlens.featvis.transforms import TransformSpec, apply_transforms, draw_transforms
 from convlens.featvis.truncated import truncated_forward
 from convlens.images.data import Preprocessing
+from convlens.io.progress import progress_bar
 
 __all__ = ["DEFAULT_CONFIG", "OBJECTIVES", "FeatureVisualization", "FeatvisConfig", "check_units", "model_dtype_device",
            "objective_values", "render", "unit_generator"]
@@ -208,7 +208,7 @@ def _optimize(forward: Any, layer: str, units: Sequence[int], pre: Preprocessing
     opt = torch.optim.Adam([spectrum], lr=cfg.lr)
     spec = TransformSpec()
     history = []
-    for _ in tqdm(range(cfg.steps), disable=not progress, desc=f"featvis {layer}", unit="step"):
+    for _ in progress_bar(range(cfg.steps), disable=not progress, desc=f"featvis {layer}", unit="step"):
         opt.zero_grad(set_to_none=True)
         img = to_rgb(spectrum, cfg.size)  # (U*K, 3, S, S)
         if cfg.transforms:

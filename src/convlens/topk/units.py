@@ -203,7 +203,9 @@ def project_mined(
             fresh = map_entries(top, m, class_names, describe, tiles.boxes[i])
             for r, e in enumerate(fresh):
                 scale = float(tiles.scales[i, r])
-                e.update(display_box=[int(v) for v in tiles.display_boxes[i, r]], contrast_scale=scale,
+                # rounded like the PNGs are quantized: a map recomputed after a kill, in another batch,
+                # differs from the uninterrupted run's float32 only below this precision
+                e.update(display_box=[int(v) for v in tiles.display_boxes[i, r]], contrast_scale=float(f"{scale:.4g}"),
                          mass_share=round(float(tiles.shares[i, r]), 4))
                 save_png(tiles.shown[i, r], out / e["projection"])
                 save_png(tiles.shown_patches[i, r], out / e["patch"])
