@@ -122,7 +122,7 @@ def test_one_job_per_unit_at_a_time(mined: Path, tmp_path: Path, cheap: dict[str
     other = client.post("/layer/conv5/map/4/featvis", headers=JSON).get_json()
     assert first["job"]["id"] == second["job"]["id"] != other["job"]["id"]
     page = client.get(UNIT).get_data(as_text=True)
-    assert 'data-state="' in page and "Computing:" in page and "Compute (about" not in page
+    assert 'data-state="' in page and "Computing, " in page and "Compute (about" not in page
     gate.set()
     assert wait_done(client, UNIT + "/featvis")["state"] == "cached"
     assert wait_done(client, "/layer/conv5/map/4/featvis")["state"] == "cached"

@@ -89,7 +89,11 @@ def caption(rec: dict[str, Any], k: int = 0) -> str:
     objective = "channel mean" if rec["settings"].get("objective", "channel") == "channel" else "centre value"
     text = f"unit {rec['unit']}: activation {rec['activation'][k]:.3g} ({objective}), peak {rec['peak'][k]:.3g}"
     ratio = rec["ratio"][k] if rec["ratio"] and k < len(rec["ratio"]) else None
-    return text + (f" = {ratio:.2f}x the mined top-1" if ratio is not None else "; no mined top-1 to compare with")
+    if ratio is not None:
+        return text + f" = {ratio:.2f}x the mined top-1"
+    if rec["top1"] is None:
+        return text + "; no mined top-1 to compare with"
+    return text + f"; mined top-1 {rec['top1']:.3g}, no ratio"
 
 
 def cache_folders(root: Path) -> list[Path]:
@@ -109,8 +113,7 @@ def cache_results(root: Path) -> list[Result]:
         for layer in sorted(p.name for p in folder.iterdir() if p.is_dir()):
             for unit, rec in read_layer(folder, layer).items():
                 for k, name in enumerate(rec["images"]):
-                    figures.append(Figure(folder / layer / name, f"{caption(rec, k)}; {settings_text(rec['settings'])}",
-                                          layer))
+                    figures.append(Figure(folder / layer / name, caption(rec, k), layer))  # settings: in the table
                 ratio = max(rec["ratio"]) if rec["ratio"] else None
                 rows.append((layer, str(unit), f"{max(rec['activation']):.4g}", f"{max(rec['peak']):.4g}",
                              "" if rec["top1"] is None else f"{rec['top1']:.4g}",
