@@ -224,3 +224,16 @@ def test_report_shows_the_explorers_cache(mined: Path, tmp_path: Path, cheap: di
     assert (root / "report/assets/mine/featvis/conv5/unit_3.png").is_file()
     assert f"{rec['ratio'][0]:.2f}x the mined top-1" in html
     json.dumps(rec)  # the record is plain JSON
+
+
+def test_finished_jobs_are_forgotten_beyond_the_limit(mined: Path, tmp_path: Path, cheap: dict[str, Any],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from convlens.explorer import create_app, featvis_routes
+
+    monkeypatch.setattr(featvis_routes, "MAX_KEPT", 1)
+    app = create_app(fresh_copy(mined, tmp_path / "run"))
+    client, fv = app.test_client(), app.extensions["convlens_featvis"]
+    for m in (1, 2, 3):
+        client.post(f"/layer/conv2/map/{m}/featvis", headers=JSON)
+        assert wait_done(client, f"/layer/conv2/map/{m}/featvis")["state"] == "cached"
+    assert fv.computed == 3 and list(fv._jobs) == [("conv2", 3)]  # the finished ones dropped, oldest first

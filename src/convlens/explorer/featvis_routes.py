@@ -47,6 +47,7 @@ CAPACITY = 4
 # one CPU thread (4.9 s for 128 steps); replaced by the last job's own time
 PRIOR_SECONDS_PER_STEP = 0.04
 MAX_TILES = 512
+MAX_KEPT = 64  # finished jobs remembered (for a failure's message)
 WAITING = ("queued", "running")
 
 
@@ -125,6 +126,8 @@ class FeatvisJobs:
                                     lambda job: self._work(job, mined, layer, m))
             if job is not None:
                 self._jobs[(layer, m)] = job
+                for key in [k for k, j in self._jobs.items() if j.done][:max(0, len(self._jobs) - MAX_KEPT)]:
+                    del self._jobs[key]  # oldest finished first (a failure's message is kept a while)
             return job
 
     def _work(self, job: Job, mined: Mined, layer: str, m: int) -> dict[str, Any]:
