@@ -20,6 +20,7 @@ from flask import Flask, Response, abort, jsonify, redirect, render_template, re
 from werkzeug.exceptions import HTTPException
 
 from convlens.explorer.api import register_api
+from convlens.explorer.featvis_routes import register_featvis
 from convlens.explorer.jobs import Job, JobQueue, release_memory
 from convlens.explorer.ondemand import Projector
 from convlens.explorer.public import public_json
@@ -306,6 +307,7 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
 
     register_pages(app, state)
     register_api(app, state)
+    register_featvis(app, state)  # feature visualizations beside the top 9 (convlens.explorer.featvis_routes)
     return app
 
 
