@@ -88,7 +88,7 @@ class Projector:
             if proj is None or patch is None or not (mined.result.dir / str(row["projection"])).is_file():
                 return None
             box, raw = e.box, row.get("box")
-            if isinstance(raw, list) and len(raw) == 4:
+            if isinstance(raw, list) and len(raw) == 4 and all(isinstance(v, (int, float)) for v in raw):
                 y0, x0, y1, x1 = (int(v) for v in raw)
                 box = (y0, x0, y1, x1)
             merged.append(dataclasses.replace(e, projection=proj, patch=patch, box=box))
