@@ -87,7 +87,8 @@ class _State:
             if self._cache is None or self._cache[0] != stamp:
                 run = load_run(self.root)
                 mine = run.first("mine")
-                mined, problems = None, ()
+                mined: Mined | None = None
+                problems: tuple[str, ...] = ()
                 try:
                     mined = index_mine(self.root, mine) if mine is not None else None
                 except Exception as exc:  # a malformed file the index does not foresee: say so, keep the rest
@@ -235,7 +236,7 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[str, int]:
-        message = exc.description
+        message = exc.description or ""
         if exc.code == 413 and message == type(exc).description:  # werkzeug's own text: which limit?
             size = request.content_length
             if size is not None and size <= MAX_UPLOAD_BYTES:

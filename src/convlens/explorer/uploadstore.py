@@ -51,10 +51,12 @@ class UploadStore:
         self._lock = threading.Lock()
         self.off: str | None = None  # why analyses are not kept on disk (None: they are)
 
-    def save(self, job: Job) -> Path | None:
+    def save(self, job: Job, outcome: str | None = None) -> Path | None:
         """Write the finished ``job`` (its :class:`~convlens.explorer.compute.ImageAnalysis` result, or
-        its error) and drop the oldest beyond the bounds; returns its folder (None: not kept)."""
-        if not job.done or self.off is not None or not JOB_ID.fullmatch(job.id):
+        its error) and drop the oldest beyond the bounds; returns its folder (None: not kept).
+        ``outcome`` (``done`` or ``failed``) is its state, when the job does not show it yet."""
+        state = outcome or job.state
+        if state not in ("done", "failed") or self.off is not None or not JOB_ID.fullmatch(job.id):
             return None
         from convlens.io.lock import OutputLocked, lock_output
 
@@ -62,7 +64,7 @@ class UploadStore:
             try:
                 with lock_output(self.folder, "convlens serve (keeping an upload's analysis)", clean=False):
                     self._remove_temporaries()
-                    target = self._write(job)
+                    target = self._write(job, state)
                     self._prune(keep=target)
                 return target
             except OutputLocked as exc:
@@ -98,7 +100,7 @@ class UploadStore:
         found = [p for p in self.folder.iterdir() if p.is_dir() and JOB_ID.fullmatch(p.name)]
         return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
 
-    def _write(self, job: Job) -> Path:
+    def _write(self, job: Job, state: str) -> Path:
         tmp = self.folder / f".tmp-{job.id}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -111,10 +113,10 @@ class UploadStore:
                 small = small.resize((max(1, round(small.width * scale)), max(1, round(small.height * scale))),
                                      Image.Resampling.LANCZOS)
             small.save(tmp / "input.png")
-        meta = {"name": job.name, "state": job.state, "error": job.error, "rule": job.params.get("rule", "auto"),
+        meta = {"name": job.name, "state": state, "error": job.error, "rule": job.params.get("rule", "auto"),
                 "occluder": job.params.get("occluder", {}), "created": job.created,
                 "finished": job.finished or time.time(),
-                "result": _flatten(job.result, pngs) if job.state == "done" else None}
+                "result": _flatten(job.result, pngs) if state == "done" else None}
         for i, data in enumerate(pngs):
             (tmp / f"p{i}.png").write_bytes(data)
         (tmp / "analysis.json").write_text(json.dumps(meta), encoding="utf-8")
