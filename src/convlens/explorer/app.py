@@ -29,7 +29,7 @@ from werkzeug.exceptions import Gone, HTTPException
 
 from convlens.explorer.api import register_api
 from convlens.explorer.failsafe import damage_message, survive
-from convlens.explorer.jobs import Job, JobQueue, failure_reason, release_memory
+from convlens.explorer.jobs import Job, JobQueue, release_memory
 from convlens.explorer.ondemand import Projector
 from convlens.explorer.public import public_json
 from convlens.explorer.runindex import RULE_CHOICES, Mined, index_mine
@@ -64,7 +64,6 @@ class _State:
         self.projector: Projector
         self.store: UploadStore
         self.shared_model = False  # the model is the projector's: uploads and projections take turns
-        self.model_error: str | None = None  # why the run's recorded model cannot be opened
 
     def _stamp(self) -> tuple[float, ...]:
         files = sorted(self.root.glob("*/result.json")) + sorted(self.root.glob("*/*/result.json"))
@@ -81,9 +80,10 @@ class _State:
         with self._lock:
             if not self.root.is_dir():
                 self._cache = None
-                raise Gone(f"the run folder {self.root} is gone: it was deleted or renamed after the server started. "
-                           "Nothing of this run can be shown any more (analyses of uploads still in memory stay at "
-                           "their addresses); start the explorer again on the run's new place: convlens serve RUN")
+                raise Gone(f"the run folder {self.root.name!r} is gone: it was deleted or renamed after the server "
+                           "started. Nothing of this run can be shown any more (analyses of uploads still in "
+                           "memory stay at their addresses); start the explorer again on the run's new place: "
+                           "convlens serve RUN")
             if self._cache is None or self._cache[0] != stamp:
                 run = load_run(self.root)
                 mine = run.first("mine")
@@ -110,6 +110,11 @@ class _State:
 
     def run(self) -> Run:
         return self._load()[0]
+
+    @property
+    def model_error(self) -> str | None:
+        """Why the run's recorded model cannot be opened (None: it opened, or is opening)."""
+        return self.projector.error
 
     def job(self, job_id: str) -> Job | None:
         """The upload analysis ``job_id``: in memory, else kept on disk (after a restart), else None."""
@@ -225,7 +230,7 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
     if loader is None:
         state.loader, state.model_label = _record_loader(state)
     if preload and state.mined() is not None:
-        _preload(state)
+        state.projector.warm()  # a failure is logged at once and shown on the start page
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
     app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
@@ -379,20 +384,6 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
     register_pages(app, state)
     register_api(app, state)
     return app
-
-
-def _preload(state: _State) -> None:
-    """Open the run's recorded model in the background now; a failure is logged at once and shown on the
-    start page (a model file calling ``sys.exit`` included), instead of at the first upload."""
-    def run() -> None:
-        try:
-            state.projector.source()
-        except BaseException as exc:  # a model file may sys.exit or raise anything
-            state.model_error = failure_reason(exc) if not isinstance(exc, Exception) else f"{exc}"
-            log.warning("the model this run was mined with cannot be opened: %s; uploads and projections on "
-                        "demand are off, browsing works", state.model_error)
-
-    threading.Thread(target=run, name="convlens-preload", daemon=True).start()
 
 
 def _occluder_defaults(mined: Mined | None) -> dict[str, int]:
