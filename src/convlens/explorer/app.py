@@ -4,12 +4,20 @@ Browsing pages (layers, units, classes) are in :mod:`convlens.explorer.pages`. U
 bounded :class:`~convlens.explorer.jobs.JobQueue`: ``POST /analyze`` decodes the image under the
 pixel cap (at most two decodes at once), queues the analysis and answers ``303`` to its stable page
 ``/analysis/<id>``, which shows a progress bar (polling ``/analysis/<id>/status``) until the
-result is there; a full queue gets ``503`` with a text saying so.
+result is there; a full queue gets ``503`` with a text saying so. Finished analyses are also kept
+on disk in the run (:mod:`convlens.explorer.uploadstore`), so their addresses survive a restart.
+
+A damaged run does not take the pages down: a file that cannot be read is named on the start page
+(and the pages that need it say so), a run folder deleted or renamed while served answers 410
+with what happened, and any other failure of a page is one error page naming the exception (the
+server log has the traceback); a ``sys.exit`` or ``KeyboardInterrupt`` raised inside a request by
+a model's code answers 500 instead of ending the request's thread.
 """
 from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -17,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, send_from_directory
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import Gone, HTTPException
 
 from convlens.explorer.api import register_api
+from convlens.explorer.failsafe import damage_message, survive
 from convlens.explorer.featvis_routes import register_featvis
 from convlens.explorer.jobs import Job, JobQueue, release_memory
 from convlens.explorer.ondemand import Projector
@@ -27,14 +36,18 @@ from convlens.explorer.public import public_json
 from convlens.explorer.runindex import RULE_CHOICES, Mined, index_mine
 from convlens.explorer.server import LOCAL_HOSTS, guard
 from convlens.explorer.uploads import MAX_UPLOAD_PIXELS, ImageTooLarge, decode_upload
+from convlens.explorer.uploadstore import UploadStore, kept_input
 from convlens.io.manifest import Result, Run, inside, load_run
 
 __all__ = ["MAX_UPLOAD_BYTES", "create_app"]
 
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
+MAX_FORM_PARTS = 64  # the upload form sends 4 fields; werkzeug answers 413 beyond this many
 SERVED_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".html", ".css", ".json", ".csv"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
 ModelLoader = Callable[[], Any]
+
+log = logging.getLogger(__name__)
 
 
 class _State:
@@ -48,8 +61,9 @@ class _State:
         self._model_lock = threading.Lock()  # loading the model (slow: never under the index lock)
         self.decode_slots = threading.BoundedSemaphore(2)  # decoded uploads in memory at once
         self._loaded: Any = None
-        self._cache: tuple[tuple[float, ...], Run, Mined | None] | None = None
+        self._cache: tuple[tuple[float, ...], Run, Mined | None, tuple[str, ...]] | None = None
         self.projector: Projector
+        self.store: UploadStore
         self.shared_model = False  # the model is the projector's: uploads and projections take turns
 
     def _stamp(self) -> tuple[float, ...]:
@@ -62,17 +76,50 @@ class _State:
                 stamps.append(-1.0)
         return (*stamps, float(len(files)))
 
-    def _load(self) -> tuple[Run, Mined | None]:
+    def _load(self) -> tuple[Run, Mined | None, tuple[str, ...]]:
         stamp = self._stamp()
         with self._lock:
+            if not self.root.is_dir():
+                self._cache = None
+                raise Gone(f"the run folder {self.root.name!r} is gone: it was deleted or renamed after the server "
+                           "started. Nothing of this run can be shown any more (analyses of uploads still in "
+                           "memory stay at their addresses); start the explorer again on the run's new place: "
+                           "convlens serve RUN")
             if self._cache is None or self._cache[0] != stamp:
                 run = load_run(self.root)
                 mine = run.first("mine")
-                self._cache = (stamp, run, index_mine(self.root, mine) if mine is not None else None)
-            return self._cache[1], self._cache[2]
+                mined: Mined | None = None
+                problems: tuple[str, ...] = ()
+                try:
+                    mined = index_mine(self.root, mine) if mine is not None else None
+                except Exception as exc:  # a malformed file the index does not foresee: say so, keep the rest
+                    log.error("indexing %s failed", mine.dir / "result.json" if mine else "mine", exc_info=exc)
+                    where = mine.dir.relative_to(self.root).as_posix() if mine and mine.dir != self.root else "."
+                    problems = (f"{where}/result.json could not be read as mined feature maps ({type(exc).__name__}: "
+                                f"{exc}); the layer, unit and class pages are off, the other results still show",)
+                self._cache = (stamp, run, mined, problems)
+            return self._cache[1], self._cache[2], self._cache[3]
+
+    def warnings(self) -> list[str]:
+        """What the start page says is wrong with the run (files that cannot be read, a model that does not open)."""
+        run, mined, problems = self._load()
+        out = [*run.warnings, *(mined.warnings if mined else ()), *problems]
+        if self.model_error and self.shared_model:
+            out.append(f"the model this run was mined with cannot be opened: {self.model_error}; uploads and "
+                       "projections on demand are off (browsing works), or start the explorer with --arch/--checkpoint")
+        return out
 
     def run(self) -> Run:
         return self._load()[0]
+
+    @property
+    def model_error(self) -> str | None:
+        """Why the run's recorded model cannot be opened (None: it opened, or is opening)."""
+        return self.projector.error
+
+    def job(self, job_id: str) -> Job | None:
+        """The upload analysis ``job_id``: in memory, else kept on disk (after a restart), else None."""
+        return self.jobs.get(job_id) or self.store.load(job_id)
 
     def mined(self) -> Mined | None:
         return self._load()[1]
@@ -140,7 +187,7 @@ def _record_loader(state: _State) -> tuple[ModelLoader | None, str]:
 def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, model: ModelLoader | None = None,
                model_label: str = "", allowed_hosts: Sequence[str] = LOCAL_HOSTS,
                max_pixels: int = MAX_UPLOAD_PIXELS, workers: int = 1, queue: int = 4, keep: int = 32,
-               preload: bool = False, device: str = "cpu") -> Flask:
+               preload: bool = False, device: str = "cpu", keep_uploads: int = 64) -> Flask:
     """The explorer's Flask app for ``run_dir`` (use ``app.test_client()`` in tests).
 
     Args:
@@ -153,6 +200,8 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
         max_pixels: pixel cap of uploads (413 over it).
         workers, queue, keep: analyses computed at once, queued or running at most (more: 503),
             and results kept in memory for their links.
+        keep_uploads: finished analyses kept on disk in ``run_dir/explorer/uploads`` (newest first,
+            256 MB at most), so that their links survive a restart.
         preload: open the mined run's model in the background now, so that the first unit page
             needing projections on demand (:mod:`convlens.explorer.ondemand`) does not wait for it.
         device: where that model computes (projections on demand, and uploads when it serves them).
@@ -173,25 +222,45 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
         raise NotADirectoryError(f"run directory {str(run_dir)!r} does not exist")
     loader, label = ((model, model_label or "the given model") if model is not None
                      else _default_loader(root, checkpoint))
-    state = _State(root, loader, label, max_pixels, JobQueue(workers=workers, capacity=queue, keep=keep))
+    store = UploadStore(root.resolve() / "explorer" / "uploads", keep=keep_uploads)
+    state = _State(root, loader, label, max_pixels,
+                   JobQueue(workers=workers, capacity=queue, keep=keep, on_done=store.save))
+    state.store = store
     state.projector = Projector(state.root, state.mined, device)
     state.shared_model = loader is None
     if loader is None:
         state.loader, state.model_label = _record_loader(state)
     if preload and state.mined() is not None:
-        state.projector.warm()
+        state.projector.warm()  # a failure is logged at once and shown on the start page
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
+    app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
+    # a text field is bounded by the body's own limit; so a 413 within that limit means too many fields
+    app.config["MAX_FORM_MEMORY_SIZE"] = MAX_UPLOAD_BYTES
     app.extensions["convlens"] = state
-    app.wsgi_app = guard(app.wsgi_app, allowed_hosts)  # type: ignore[method-assign]
+    app.wsgi_app = guard(survive(app.wsgi_app), allowed_hosts)  # type: ignore[method-assign]
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[str, int]:
-        message = exc.description
-        if exc.code == 413 and message == type(exc).description:  # werkzeug's own text: the body is too large
-            message = f"the upload is larger than {MAX_UPLOAD_BYTES // 2**20} MB; choose a smaller image"
+        message = exc.description or ""
+        if exc.code == 413 and message == type(exc).description:  # werkzeug's own text: which limit?
+            size = request.content_length
+            if size is not None and size <= MAX_UPLOAD_BYTES:
+                message = (f"too many form fields (more than {MAX_FORM_PARTS}); the upload form sends an image, "
+                           "a rule and the occluder's window and stride")
+            else:
+                message = f"the upload is larger than {MAX_UPLOAD_BYTES // 2**20} MB; choose a smaller image"
+        if exc.code in (404, 409):  # a page missing because a file of the run is damaged: say which
+            with contextlib.suppress(Exception):
+                message += "".join(f". Note: {w}" for w in state.warnings() if "damaged" in w or "could not" in w)
         return render_template("error.html", run=state.root.name, code=exc.code, name=exc.name,
                                message=message), exc.code or 500
+
+    @app.errorhandler(Exception)
+    def page_error(exc: Exception) -> tuple[str, int]:
+        log.error("%s %s failed", request.method, request.path, exc_info=exc)
+        return render_template("error.html", run=state.root.name, code=500, name="This page could not be built",
+                               message=damage_message(exc, state.root)), 500
 
     @app.context_processor
     def common() -> dict[str, Any]:
@@ -211,8 +280,9 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
         run, mined = state.run(), state.mined()
         results = [{"r": r, "url": result_url(r), "n": len(r.figures)} for r in run.results]
         return render_template("index.html", mined=mined, report=state.url("report/index.html"),
-                               results=results, warnings=[*run.warnings, *(mined.warnings if mined else ())],
-                               has_model=state.loader is not None, model_label=state.model_label,
+                               results=results, warnings=state.warnings(),
+                               has_model=state.loader is not None and not (state.shared_model and state.model_error),
+                               model_label=state.model_label,
                                max_mb=MAX_UPLOAD_BYTES // 2**20, max_mp=state.max_pixels / 1e6, rules=RULE_CHOICES,
                                occ=_occluder_defaults(mined))
 
@@ -255,6 +325,9 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
         if state.loader is None:
             abort(409, "this explorer has no model for uploads: start it with --checkpoint C or "
                        "--arch torchvision:NAME --weights W")
+        if state.shared_model and state.model_error:
+            abort(409, f"the model this run was mined with cannot be opened: {state.model_error}; start the "
+                       "explorer with --checkpoint C or --arch SPEC --weights W for uploads")
         rule = request.form.get("rule", "auto")
         if rule not in RULE_CHOICES:
             abort(400, f"rule must be one of {', '.join(RULE_CHOICES)}, got {rule[:40]!r}")
@@ -279,26 +352,30 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
 
     @app.route("/analysis/<job_id>/rule", methods=["POST"])
     def rerun(job_id: str) -> Any:
-        old = state.jobs.get(job_id)
-        if old is None:
-            abort(404, "this analysis is no longer kept in memory; upload the image again")
+        old = state.job(job_id)
+        image = old.params.get("image") if old is not None else None
+        if old is not None and image is None:
+            image = kept_input(old)
+        if old is None or image is None:
+            abort(404, f"this analysis is no longer kept (the newest {state.store.keep} are); upload the image again")
         rule = request.form.get("rule", "auto")
         if rule not in RULE_CHOICES:
             abort(400, f"rule must be one of {', '.join(RULE_CHOICES)}, got {rule[:40]!r}")
-        job = _submit(state, old.params["image"], rule, old.name, old.params.get("occluder", {}))
+        job = _submit(state, image, rule, old.name, old.params.get("occluder", {}))
         return redirect(f"/analysis/{job.id}", code=303)
 
     @app.route("/analysis/<job_id>")
     def analysis(job_id: str) -> Any:
-        job = state.jobs.get(job_id)
+        job = state.job(job_id)
         if job is None:
-            abort(404, "no such analysis: results are kept in memory for the last "
-                       f"{state.jobs.keep} uploads and lost when the server restarts; upload the image again")
+            abort(404, f"no such analysis: the newest {state.store.keep} finished analyses are kept in the run "
+                       f"({state.jobs.keep} in memory when the run folder cannot be written), and one still running "
+                       "when the server stopped is lost; upload the image again")
         return render_template("analysis.html", job=job, a=job.result, uri=_data_uri, rules=RULE_CHOICES)
 
     @app.route("/analysis/<job_id>/status")
     def analysis_status(job_id: str) -> Response:
-        job = state.jobs.get(job_id)
+        job = state.job(job_id)
         if job is None:
             abort(404, "no such analysis")
         return jsonify(job.status())

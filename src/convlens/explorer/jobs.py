@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["Job", "JobQueue", "release_memory"]
+__all__ = ["Job", "JobQueue", "failure_reason", "release_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ class Job:
 class JobQueue:
     """At most ``capacity`` jobs pending or running, ``workers`` running, ``keep`` results remembered."""
 
-    def __init__(self, *, workers: int = 1, capacity: int = 4, keep: int = 32) -> None:
+    def __init__(self, *, workers: int = 1, capacity: int = 4, keep: int = 32,
+                 on_done: Callable[[Job, str], object] | None = None) -> None:
         if workers < 1 or capacity < workers or keep < capacity:
             raise ValueError(f"need 1 <= workers <= capacity <= keep, got workers={workers}, "
                              f"capacity={capacity}, keep={keep}")
@@ -83,6 +84,7 @@ class JobQueue:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convlens-analysis")
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
+        self._on_done = on_done  # called with each finished job and its outcome (done|failed): keep it on disk
 
     def submit(self, name: str, params: dict[str, Any], fn: Callable[[Job], Any]) -> Job | None:
         """Queue ``fn(job)`` (its return value becomes ``job.result``); None when every slot is taken."""
@@ -120,16 +122,42 @@ class JobQueue:
     def _run(self, job: Job, fn: Callable[[Job], Any]) -> None:
         job.state = "running"
         job.progress("starting", 0.0)
+        outcome = "failed"
         try:
             job.result = fn(job)
-            job.state = "done"
-            job.progress("done", 1.0)
+            outcome = "done"
         except (ValueError, TypeError, FileNotFoundError) as exc:
-            job.error, job.state = str(exc), "failed"
-        except Exception as exc:  # a bug must not kill the worker thread: report it on the job's page
-            log.exception("analysis %s failed", job.id)
-            job.error, job.state = f"the analysis failed ({type(exc).__name__}); see the server log", "failed"
+            job.error = str(exc)
+        except BaseException as exc:  # whatever ends it (a bug, sys.exit or KeyboardInterrupt
+            # raised by a model's own code) ends the job as failed, never the worker thread or the server
+            log.error("analysis %s failed", job.id, exc_info=exc)
+            job.error = failure_reason(exc)
         finally:
             job.finished = time.time()
+            self._finish(job, outcome)  # kept (on disk) before it shows as finished
+            job.state = outcome
+            job.progress(outcome, 1.0 if outcome == "done" else job.fraction)
             self._slots.release()
             release_memory()
+
+    def _finish(self, job: Job, outcome: str) -> None:
+        if self._on_done is None:
+            return
+        try:
+            self._on_done(job, outcome)
+        except Exception:  # keeping the result elsewhere is a bonus: the job itself is finished
+            log.exception("keeping analysis %s failed", job.id)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why a job ended, for its page (the server log has the traceback)."""
+    detail = " ".join(str(exc).split())[:300]
+    if isinstance(exc, SystemExit):
+        return (f"the model's code called sys.exit({exc.code!r}) while the analysis ran; a model file must build "
+                "the model, not run a program (put its script part under if __name__ == '__main__':)")
+    if isinstance(exc, KeyboardInterrupt):
+        return "the analysis was interrupted: KeyboardInterrupt was raised inside it (by the model's code); " \
+               "the server keeps running"
+    if not isinstance(exc, Exception):
+        return f"the analysis was stopped by {type(exc).__name__}{': ' + detail if detail else ''}"
+    return f"the analysis failed ({type(exc).__name__}{': ' + detail if detail else ''}); see the server log"

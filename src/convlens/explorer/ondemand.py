@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from convlens.explorer.jobs import failure_reason
 from convlens.explorer.runindex import Entry, MapInfo, Mined, file_url
 
 __all__ = ["Projector"]
@@ -43,6 +44,7 @@ class Projector:
         self._open_lock = threading.Lock()
         self._source: Any = None
         self.computed = 0  # maps projected by this server (for tests and the log)
+        self.error: str | None = None  # why opening the model failed in :meth:`warm`
 
     def source(self) -> Any:
         """The :class:`convlens.topk.record.MinedSource` of the run's ``mine`` result, opened once."""
@@ -59,15 +61,20 @@ class Projector:
                          time.perf_counter() - t)
             return self._source
 
-    def warm(self) -> None:
-        """Open the model and data set in a background thread (errors are reported when a page needs them)."""
+    def warm(self) -> threading.Thread:
+        """Open the model and data set in a background thread. A failure of any kind (a model file calling
+        ``sys.exit`` included) is logged at once and kept in :attr:`error`, for the start page."""
         def run() -> None:
             try:
                 self.source()
-            except (ValueError, FileNotFoundError, OSError, ImportError) as exc:
-                log.info("projections on demand are off: %s", exc)
+            except BaseException as exc:  # a model file may sys.exit or raise anything: never in silence
+                self.error = str(exc) if isinstance(exc, Exception) else failure_reason(exc)
+                log.warning("the model this run was mined with cannot be opened: %s; uploads and projections on "
+                            "demand are off, browsing works", self.error)
 
-        threading.Thread(target=run, name="convlens-warm", daemon=True).start()
+        thread = threading.Thread(target=run, name="convlens-warm", daemon=True)
+        thread.start()
+        return thread
 
     def cached(self, mined: Mined, layer: str, mi: MapInfo) -> MapInfo | None:
         """``mi`` with the projections found on disk (written by ``mine`` or on demand), or None."""
@@ -88,7 +95,7 @@ class Projector:
             if proj is None or patch is None or not (mined.result.dir / str(row["projection"])).is_file():
                 return None
             box, raw = e.box, row.get("box")
-            if isinstance(raw, list) and len(raw) == 4:
+            if isinstance(raw, list) and len(raw) == 4 and all(isinstance(v, (int, float)) for v in raw):
                 y0, x0, y1, x1 = (int(v) for v in raw)
                 box = (y0, x0, y1, x1)
             merged.append(dataclasses.replace(e, projection=proj, patch=patch, box=box))

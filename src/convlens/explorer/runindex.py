@@ -203,6 +203,14 @@ def _float(v: Any) -> float:
         return math.nan
 
 
+def _box(raw: Any) -> tuple[int, int, int, int] | None:
+    """``[y0, x0, y1, x1]`` as ints, or None (missing or malformed)."""
+    if not isinstance(raw, list) or len(raw) != 4:
+        return None
+    vals = [_int(v) for v in raw]
+    return None if None in vals else tuple(vals)  # type: ignore[return-value]
+
+
 def _class_of(raw: dict[str, Any], names: list[str]) -> tuple[int | None, str | None]:
     label = _int(raw.get("label"))
     if label is not None and label < 0:  # -1: unknown
@@ -226,14 +234,13 @@ def _entries(raw: Any, urls: Any, names: list[str]) -> tuple[Entry, ...]:
         if not isinstance(e, dict):
             continue
         label, cname = _class_of(e, names)
-        box = e.get("box")
-        box_t = tuple(int(v) for v in box) if isinstance(box, list) and len(box) == 4 else None
+        box_t = _box(e.get("box"))
         image = e.get("image", e.get("index", ""))
         value = _float(e.get("value"))
         score = _float(e.get("score")) if "score" in e else value
         out.append(Entry(
             rank=_int(e.get("rank"), len(out)) or 0, value=value, score=score,
-            image=str(image), label=label, class_name=cname, box=box_t,  # type: ignore[arg-type]
+            image=str(image), label=label, class_name=cname, box=box_t,
             projection=urls(e.get("projection")) if isinstance(e.get("projection"), str) else None,
             patch=urls(e.get("patch")) if isinstance(e.get("patch"), str) else None,
         ))
@@ -276,8 +283,9 @@ def _load_class_means(path: Path, names: list[str], layers: dict[str, MinedLayer
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: np.asarray(z[k]) for k in z.files}
-    except (OSError, ValueError) as exc:
-        warnings.append(f"{path.name} is not readable ({type(exc).__name__}); class pages are off")
+    except Exception as exc:  # truncated or corrupt: BadZipFile, zlib.error, EOFError, ValueError, OSError...
+        warnings.append(f"{path.parent.name}/{path.name} is damaged ({type(exc).__name__}: {exc}); the class pages "
+                        "are off, the layer and unit pages still work (mine again to rewrite it)")
         return None
     counts = arrays.pop("__counts__", None)
     kept = {k: v.astype(np.float32) for k, v in arrays.items() if v.ndim == 2}
@@ -308,6 +316,7 @@ def index_mine(root: Path, mine: Result) -> Mined:
     raw_layers = data.get("layers") if isinstance(data.get("layers"), dict) else {}
     for name, info in (raw_layers or {}).items():
         if not isinstance(info, dict):
+            warnings.append(f"{mine.dir.name}/result.json: layer {str(name)[:60]!r} is not an object; it is left out")
             continue
         raw_maps = info.get("maps") if isinstance(info.get("maps"), dict) else {}
         maps = []

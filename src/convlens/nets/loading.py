@@ -217,6 +217,9 @@ def _user_factory(spec: Spec) -> nn.Module:
                          "(or use path/to/file.py:factory)") from exc
     except (ValueError, FileNotFoundError):
         raise
+    except SystemExit as exc:  # a script, not a model file: its exit must not end the command (or the server)
+        raise ValueError(f"model spec {label}: importing it called sys.exit({exc.code!r}); a model file must define "
+                         "the model, not run a program: put its script part under if __name__ == '__main__':") from None
     except Exception as exc:
         raise ValueError(f"model spec {label}: importing it failed ({type(exc).__name__}: {exc})") from exc
     factory: Any = module
@@ -231,6 +234,9 @@ def _user_factory(spec: Spec) -> nn.Module:
     except TypeError as exc:
         raise ValueError(f"model spec {label}: calling {spec.attr}() failed ({exc}); the factory must build the "
                          "model without arguments: wrap it, e.g. def build(): return Net(num_classes=10)") from exc
+    except SystemExit as exc:
+        raise ValueError(f"model spec {label}: the factory {spec.attr}() called sys.exit({exc.code!r}); it must "
+                         "return the model") from None
     except Exception as exc:  # the factory's own bug (a RuntimeError is not about any input image)
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         raise ValueError(f"model spec {label}: the factory {spec.attr}() raised {type(exc).__name__}"
