@@ -236,7 +236,8 @@ def _save_class_means(out: Path, tops: dict[str, TopActivations]) -> None:
 
     from convlens.io.artifacts import atomic_write
 
-    arrays = {n: t.class_means.numpy().astype(np.float32) for n, t in tops.items() if t.class_means is not None}
+    arrays: dict[str, Any] = {n: t.class_means.numpy().astype(np.float32) for n, t in tops.items()
+                              if t.class_means is not None}
     counts = next((t.class_counts for t in tops.values() if t.class_counts is not None), None)
     if counts is not None:
         arrays["__counts__"] = counts.numpy().astype(np.int64)
