@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from convlens.core.capture import capture, get_module, parse_unit, record_activations, resolve_layer
+from convlens.core.capture import (
+    StopForward,
+    capture,
+    get_module,
+    hooked,
+    parse_unit,
+    record_activations,
+    resolve_layer,
+)
 from convlens.nets.convnet import build_model
 
 
@@ -160,3 +168,42 @@ def test_recorded_outputs_survive_later_inplace_ops():
     torch.testing.assert_close(acts["layer1.0.bn1"], bn1)
     torch.testing.assert_close(acts["layer1.0.bn2"], bn2)
     torch.testing.assert_close(acts["layer1.0"], torch.relu(bn2 + stem))
+
+
+def _no_hooks(net: torch.nn.Module) -> bool:
+    return all(not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks) for m in net.modules())
+
+
+def test_hooked_forward_pre_backward_and_stop():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+    seen: list[str] = []
+    with hooked(net, {"0": lambda m, i, o: seen.append("fwd0"), net[2]: lambda m, i, o: seen.append("fwd2")}):
+        net(x)
+    with hooked(net, [(net[1], lambda m, i: seen.append("pre1"))], kind="pre"):
+        net(x)
+    with hooked(net, {net[2]: lambda m, gi, go: seen.append("bwd2")}, kind="backward"):
+        net(x).sum().backward()
+    assert seen == ["fwd0", "fwd2", "pre1", "bwd2"]
+    assert _no_hooks(net)
+
+    def stop(_m, _i, _o):
+        raise StopForward
+
+    ran = []
+    with hooked(net, [(net[0], stop), (net[2], lambda m, i, o: ran.append(1))]):
+        net(x)
+        ran.append("after the forward")  # never reached: the forward stopped inside the block
+    assert ran == [] and _no_hooks(net)
+
+
+def test_hooked_removes_hooks_after_exception_and_checks_arguments():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    with pytest.raises(RuntimeError, match="boom"), hooked(net, {"1": lambda m, i, o: None}):
+        raise RuntimeError("boom")
+    assert _no_hooks(net)
+    with pytest.raises(ValueError, match="kind must be one of"), hooked(net, {}, kind="after"):  # type: ignore[arg-type]
+        pass
+    with pytest.raises(ValueError, match=r"unknown layer 'features\.3'"), hooked(net, {"features.3": print}):
+        pass
+    assert _no_hooks(net)

@@ -90,8 +90,9 @@ def test_real_mobilenet_top9_projections_follow_their_images():
 
 
 def test_sheets_are_labelled_split_and_readable_size():
+    from convlens.deconv.blocks import map_block
     from convlens.io.viz import normalize_for_display, text_block
-    from convlens.topk.sheets import display_tiles, fig2_sheets, map_block
+    from convlens.topk.sheets import display_tiles, fig2_sheets
 
     gen = torch.Generator().manual_seed(0)
     proj, patch = display_tiles(torch.randn(9, 3, 32, 32, generator=gen), torch.rand(9, 3, 32, 32, generator=gen))

@@ -3,13 +3,12 @@
 Writes into ``--out``: ``result.json`` (kind ``diagnose``), ``diagnose.md`` (the comparison
 table), and per model ``<tag>_conv1_filters.png`` (each filter contrast-normalized),
 ``<tag>_conv1_filters_shared.png`` (one scale for all filters: a dominating filter stands out,
-Fig. 6a) and ``<tag>_layer2_projections.png`` (deconvnet projections of layer-2 channels, Fig. 6d/e).
+Fig. 6a) and ``<tag>_layer2_projections.png`` (deconvnet projections of layer-2 channels, Fig. 6d/e),
+all written by :func:`convlens.diagnose.outputs.write_diagnosis`.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from pathlib import Path
 from typing import Any
 
 from convlens.commands._common import add_dataset_args, add_device_arg, add_model_args, add_out_arg, positive_int
@@ -40,16 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convlens.commands._common import (
-        load_model_from_args,
-        model_spec,
-        preprocessing_params,
-        resolve_device_arg,
-        say_preprocessing,
-    )
-    from convlens.diagnose.analysis import comparison_table, diagnose
-    from convlens.diagnose.figures import diagnosis_figures
-    from convlens.io.artifacts import markdown_table, write_result, write_text
+    from convlens.commands._common import load_model_from_args, model_spec, resolve_device_arg, say_preprocessing
+    from convlens.diagnose.outputs import DiagnoseSettings, write_diagnosis
     from convlens.nets.loading import load_model
 
     device = resolve_device_arg(args)
@@ -62,41 +53,14 @@ def run(args: argparse.Namespace) -> int:
                                  input_size=args.input_size, map_location=device))
         specs.append(args.compare)
         say_preprocessing(args, models[-1])
-    diags = []
-    for loaded in models:  # each model sees the sample through its own preprocessing
-        images = _sample(args, loaded).to(device)
-        diags.append(diagnose(loaded.model, images, channels=args.channels, dominance_threshold=args.threshold,
-                              dead_eps=args.dead_eps, name=loaded.arch))
-    tags = ["a", "b"][: len(diags)]
-    names = [f"{tag}: {d.name} ({_short(s)})" for tag, d, s in zip(tags, diags, specs, strict=False)]
-    cols, rows = comparison_table(diags[0], diags[1] if len(diags) > 1 else None, names=names)
-    args.out.mkdir(parents=True, exist_ok=True)
-    figures = [f for tag, d in zip(tags, diags, strict=False) for f in diagnosis_figures(d, tag, args.out)]
-    table = {"title": "Fig. 6 diagnostics" + (" side by side" if len(diags) > 1 else ""), "columns": cols, "rows": rows}
-    write_text(args.out / "diagnose.md", f"### {table['title']}\n\n" + markdown_table(cols, rows))
-    main = dataclasses.replace(diags[0], compare=diags[1]) if len(diags) > 1 else diags[0]
-    m = [d.metrics() for d in diags]
-    summary = "; ".join(
-        f"{n.split(' (')[0]}: dominance {x['RMS max / median (dominance)']:.2f}, mid-freq share "
-        f"{x['layer-1 energy mid freq']:.2f}, layer-2 grid energy {x['layer-2 aliasing (grid energy)']:.4f}"
-        for n, x in zip(names, m, strict=False))
-    write_result(args.out, "diagnose", title="Architecture diagnostics (Fig. 6)", summary=summary,
-                 params={"model": specs[0], "compare": args.compare, "dataset": args.dataset,
-                         "split": args.split, "limit": args.limit, "channels": args.channels,
-                         "threshold": args.threshold, "dead_eps": args.dead_eps, "layers": list(diags[0].layer_names)}
-                 | preprocessing_params(models[0])
-                 | ({"compare_preprocessing": preprocessing_params(models[1])["preprocessing"]} if len(models) > 1
-                    else {}),
-                 figures=figures, tables=[table], data=main.to_dict())
-    print(markdown_table(cols, rows))
-    print(f"wrote {args.out / 'result.json'}")
+    # each model sees the sample through its own preprocessing
+    runs = [(loaded, _sample(args, loaded).to(device), spec) for loaded, spec in zip(models, specs, strict=True)]
+    settings = DiagnoseSettings(args.channels, args.threshold, args.dead_eps)
+    params = {"model": specs[0], "compare": args.compare, "dataset": args.dataset, "split": args.split,
+              "limit": args.limit}
+    for line in write_diagnosis(args.out, runs, settings, params):
+        print(line)
     return 0
-
-
-def _short(spec: str) -> str:
-    """RUN of RUN/checkpoints/last.pt; the spec itself otherwise."""
-    p = Path(spec)
-    return p.parent.parent.name if p.suffix and p.parent.name == "checkpoints" else spec
 
 
 def _sample(args: argparse.Namespace, loaded: Any) -> Any:

@@ -5,7 +5,8 @@ epochs 1, 2, 5, 10, 20, 30, 40, 64 that exist, or 8 spread over the run), mines 
 activation of each chosen map
 over the training set at each checkpoint, projects it, and writes per layer
 ``OUT/<layer>_evolution.png`` (rows = maps, columns = epochs, with the mean correlation of
-consecutive columns underneath) and ``OUT/result.json``.
+consecutive columns underneath) and ``OUT/result.json``, all written by
+:func:`convlens.evolution.outputs.write_evolution`.
 """
 from __future__ import annotations
 
@@ -55,7 +56,6 @@ def _epochs(args: argparse.Namespace, available: dict[int, Path]) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from torch.utils.data import DataLoader
 
     from convlens.commands._common import (
@@ -65,33 +65,23 @@ def run(args: argparse.Namespace) -> int:
         resolve_device_arg,
         say_preprocessing,
     )
-    from convlens.core.capture import capture
-    from convlens.evolution.analysis import feature_evolution, find_checkpoints
-    from convlens.evolution.figures import write_evolution_outputs
+    from convlens.evolution.analysis import find_checkpoints
+    from convlens.evolution.outputs import random_maps, write_evolution
     from convlens.images.data import collate_skip
     from convlens.nets.loading import load_model
 
     checkpoints = find_checkpoints(args.run)
     epochs = _epochs(args, checkpoints)
-    device = resolve_device_arg(args)
-    last = load_model(checkpoints[epochs[-1]], map_location=device)
+    last = load_model(checkpoints[epochs[-1]], map_location=resolve_device_arg(args))
     say_preprocessing(args, last)  # every checkpoint of a run shares its preprocessing
     layers = parse_layers(args.layers, last)
     ds = open_dataset_from_args(args, last)
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                         collate_fn=collate_skip)
-    size = last.preprocessing.crop
-    shapes = capture(last.model.eval(), torch.zeros(1, 3, size, size, device=device), layers)
-    gen = torch.Generator().manual_seed(args.seed)
-    maps = {layer: sorted(torch.randperm(a.shape[1], generator=gen)[:args.maps].tolist())
-            for layer, a in shapes.items()}
-    models = ((e, load_model(checkpoints[e], map_location=device).model) for e in epochs)
-    evo = feature_evolution(models, loader, ds, maps, threshold=args.threshold, progress=True)
-    out = Path(args.out or Path(args.run) / "evolution")
-    write_evolution_outputs(evo, out, num_images=len(ds), split=args.split,
-                            params={"run": str(args.run), "dataset": args.dataset, "split": args.split,
-                                    "layers": list(evo.maps), "maps": args.maps, "epochs": evo.epochs,
-                                    "limit": args.limit, "seed": args.seed, "threshold": evo.threshold}
-                            | preprocessing_params(last))
-    print(out / "result.json")
+    maps = random_maps(last, layers, args.maps, args.seed)
+    params = {"run": str(args.run), "dataset": args.dataset, "split": args.split, "layers": list(maps),
+              "maps": args.maps, "epochs": epochs, "limit": args.limit, "seed": args.seed,
+              "threshold": args.threshold} | preprocessing_params(last)
+    print(write_evolution(Path(args.out or Path(args.run) / "evolution"), {e: checkpoints[e] for e in epochs}, last,
+                          loader, ds, maps, threshold=args.threshold, split=args.split, params=params))
     return 0

@@ -4,18 +4,15 @@ Writes into ``--out``: ``invariance.png`` (rows: translate, scale, rotate; colum
 transformed images, the feature distance of each ``--layers`` layer, the probability of the
 ``--labels`` class, or without ``--labels`` of the class predicted for the untransformed image,
 named "predicted class", never "true label"; one curve per image), ``result.json`` (kind
-``invariance``, all curves in ``data``) and ``invariance.md``.
+``invariance``, all curves in ``data``) and ``invariance.md``, all written by
+:func:`convlens.invariance.outputs.write_invariance`.
 """
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from convlens.commands._common import add_device_arg, add_model_args, add_out_arg
-
-if TYPE_CHECKING:
-    import torch
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,61 +55,19 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from convlens.commands._common import load_image_arg, load_model_from_args, resolve_device_arg, run_params
-    from convlens.invariance.analysis import invariance_curves, transform_images
-    from convlens.invariance.figures import example_params, render_invariance
-    from convlens.io.artifacts import markdown_table, save_figure, write_result, write_text
+    from convlens.invariance.outputs import write_invariance
 
     device = resolve_device_arg(args)
     loaded = load_model_from_args(args, device)
-    pre = loaded.preprocessing
     images = torch.stack([load_image_arg(loaded, p, "--images") for p in args.images]).to(device)
     layers = _layers(args.layers, loaded)
     labels = [int(v) for v in _floats(args.labels, "--labels")] if args.labels else None
-    if labels is not None and len(labels) != len(images):
-        raise ValueError(f"--labels has {len(labels)} values for {len(images)} images; give one class index per image")
-    n_out = len(loaded.class_names)
-    if labels is not None and any(not 0 <= v < n_out for v in labels):
-        raise ValueError(f"--labels {args.labels}: expected class indices in 0..{n_out - 1}")
-    H = images.shape[-2]
-    translate = _floats(args.translate, "--translate") if args.translate else \
-        [float(round(v * H / 224)) for v in range(-60, 61, 10)]
-    sweeps = {"translate": translate, "scale": _floats(args.scale, "--scale"),
-              "rotate": _floats(args.rotate, "--rotate")}
-    curves = {t: invariance_curves(loaded.model, images, transform=t, params=v, layers=layers, labels=labels)
-              for t, v in sweeps.items()}
-    examples = {t: torch.stack([pre.denormalize(transform_images(images[:1], t, v)[0].cpu())
-                                for v in example_params(c.params)]) for t, c in curves.items()}
-    names = [Path(p).stem[:24] for p in args.images]
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_figure(render_invariance(curves, examples, names, layers), args.out / "invariance.png", dpi=80)
-    cls = loaded.class_names
-    first = curves["translate"].labels
-    kind, short = ("true label", "true") if labels is not None else ("predicted class", "predicted")
-    cols = ["image", kind, f"clean P({short})"] \
-        + [f"max {t} distance {layer}" for t in sweeps for layer in layers[-1:]] \
-        + [f"min P({short}) under {t}" for t in sweeps]
-    ident = {"translate": 0.0, "scale": 1.0, "rotate": 0.0}
-    rows = []
-    for i, n in enumerate(names):
-        clean = _clean_prob(loaded.model, images[i:i + 1], int(first[i]))
-        rows.append([n, cls[int(first[i])] if int(first[i]) < len(cls) else str(int(first[i])), f"{clean:.3f}"]
-                    + [f"{float(curves[t].distances[layers[-1]][i].max()):.3g}" for t in sweeps]
-                    + [f"{float(curves[t].probs[i].min()):.3f}" for t in sweeps])
-    table = {"title": "Invariance summary (Fig. 5)", "columns": cols, "rows": rows}
-    write_text(args.out / "invariance.md", f"### {table['title']}\n\n" + markdown_table(cols, rows))
-    summary = (f"{len(images)} images; translate {min(translate):g}..{max(translate):g} px, scale "
-               f"{min(sweeps['scale']):g}..{max(sweeps['scale']):g}, rotate {min(sweeps['rotate']):g}.."
-               f"{max(sweeps['rotate']):g} deg; distances at {', '.join(layers)}; fill = mean (0); probability of "
-               + ("the true label (--labels)" if labels is not None else
-                  "the class predicted for each untransformed image (no --labels)"))
-    write_result(args.out, "invariance", title="Feature invariance (Fig. 5)", summary=summary,
-                 params=run_params(args, loaded) | {"identity": ident, "layers": layers},
-                 figures=[{"path": "invariance.png", "caption": "rows: vertical translation, scale, rotation; columns: "
-                           f"first image transformed, feature distance per layer, P({kind}); one curve per image",
-                           "group": "invariance"}],
-                 tables=[table], data={"curves": {t: c.to_dict() for t, c in curves.items()}, "images": args.images})
-    print(markdown_table(cols, rows))
-    print(f"wrote {args.out / 'result.json'}")
+    sweeps = {"scale": _floats(args.scale, "--scale"), "rotate": _floats(args.rotate, "--rotate")}
+    if args.translate:
+        sweeps["translate"] = _floats(args.translate, "--translate")
+    for line in write_invariance(loaded, images, args.out, layers=layers, image_paths=args.images, sweeps=sweeps,
+                                 labels=labels, params=run_params(args, loaded)):
+        print(line)
     return 0
 
 
@@ -126,10 +81,3 @@ def _layers(text: str | None, loaded: Any) -> list[str]:
         names = default_layers(loaded)
         return [names[0], names[-1]] if len(names) > 1 else names
     return parse_layers(text, loaded)
-
-
-def _clean_prob(model: Any, x: torch.Tensor, label: int) -> float:
-    import torch
-
-    with torch.no_grad():
-        return float(model(x).softmax(1)[0, label])

@@ -28,12 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from convlens.commands._common import load_model_from_args, open_dataset_from_args, resolve_device_arg
-    from convlens.commands.mine import write_mine_outputs
-    from convlens.io.artifacts import atomic_write
-    from convlens.topk.acttable import write_image_names
+    from convlens.topk.outputs import write_merged_run
     from convlens.topk.shards import merge_shards
 
     out = Path(args.out)
@@ -42,10 +38,5 @@ def run(args: argparse.Namespace) -> int:
     margs = argparse.Namespace(**{**merged.settings, "out": out, "device": args.device, "workers": 0})
     loaded = load_model_from_args(margs, device)
     ds = open_dataset_from_args(margs, loaded)
-    if merged.table is not None:
-        write_image_names(out / "acts", ds)
-    atomic_write(out / "topk.pt", lambda f: torch.save({n: t.to_dict() for n, t in merged.tops.items()}, f),
-                 binary=True)
-    write_mine_outputs(margs, loaded, ds, merged.tops, out)
-    print(out / "result.json")
+    print(write_merged_run(out, loaded, ds, merged))
     return 0

@@ -3,13 +3,12 @@
 Writes into ``--out``: ``occlusion.png`` (the five panels: (a) the image with one grey square,
 (b) activity of the strongest layer-5 map over occluder positions, (c) the deconvnet projection
 of that map, (d) the correct-class probability, (e) the most probable label with a legend),
-``result.json`` (kind ``occlusion``; the grids in ``data``) and ``occlusion.md`` (the labels table).
+``result.json`` (kind ``occlusion``; the grids in ``data``) and ``occlusion.md`` (the labels table),
+all written by :func:`convlens.occlusion.outputs.write_occlusion`.
 """
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 from typing import Any
 
 from convlens.commands._common import add_device_arg, add_model_args, add_out_arg, positive_int
@@ -62,60 +61,17 @@ def run(args: argparse.Namespace) -> int:
         resolve_device_arg,
         run_params,
     )
-    from convlens.io.artifacts import markdown_table, save_figure, write_result, write_text
-    from convlens.occlusion.figures import (
-        class_name,
-        drawn_range,
-        label_names,
-        label_table,
-        occlusion_projection,
-        render_occlusion,
-    )
-    from convlens.occlusion.maps import occlusion_map
+    from convlens.occlusion.outputs import OcclusionSettings, write_occlusion
 
     device = resolve_device_arg(args)
     loaded = load_model_from_args(args, device)
     image = load_image_arg(loaded, args.image, "--image").to(device)
-    layer = feature_map_layer(loaded, args.layer, "--layer")
-    if args.label is not None and not 0 <= args.label < max(len(loaded.class_names), 1):
-        raise ValueError(f"--label {args.label}: expected a class index in 0..{len(loaded.class_names) - 1}")
-    t0 = time.perf_counter()
-    occ = occlusion_map(loaded.model, image, window=args.window, stride=args.stride, fill=args.fill,
-                        target=args.label, layer=layer, channel=args.channel, batch_size=args.batch_size,
-                        incremental=not args.no_incremental, approximate=_approximation(args))
-    seconds = time.perf_counter() - t0
-    from convlens.deconv.rules import resolve_rule
-
-    rule, rule_reason = resolve_rule(loaded.model, occ.layer, args.rule)
-    proj01, box = occlusion_projection(loaded.model, image, occ, rule)
-    names = loaded.class_names
-    args.out.mkdir(parents=True, exist_ok=True)
-    fig = render_occlusion(loaded.preprocessing.denormalize(image.cpu()), occ, proj01, box, names, rule=rule,
-                           title=f"{Path(args.image).name}: correct class {class_name(occ.target, names)} "
-                                 f"(clean p = {float(occ.clean_probs[occ.target]):.3f})")
-    save_figure(fig, args.out / "occlusion.png", dpi=80)
-    table = label_table(occ, names)
-    write_text(args.out / "occlusion.md", f"### {table['title']}\n\n" + markdown_table(table["columns"], table["rows"]))
-    data = occ.to_dict()
-    data.update(class_names={str(k): v for k, v in label_names(occ.top_label, names).items()}, seconds=seconds,
-                image=str(args.image), rule=rule, rule_reason=rule_reason)
-    lo, hi = drawn_range(occ.prob_heatmap)
-    summary = (f"{occ.window}px grey square, stride {occ.stride}, {occ.target_prob.numel()} positions: "
-               f"p({class_name(occ.target, names)}) "
-               f"{float(occ.target_prob.min()):.3f}..{float(occ.target_prob.max()):.3f} "
-               f"(clean {float(occ.clean_probs[occ.target]):.3f}) per occluder position; panel (d) draws, per pixel, "
-               f"the mean over the occluders covering it: {lo:.3f}..{hi:.3f} (its colour bar); "
-               f"{occ.layer} map {occ.channel}; {seconds:.1f} s")
-    write_result(args.out, "occlusion", title="Occlusion sensitivity (Fig. 7)", summary=summary,
-                 params=run_params(args, loaded),
-                 figures=[{"path": "occlusion.png", "caption": summary, "group": Path(args.image).stem}],
-                 tables=[table], data=data)
-    print(summary)
-    if occ.quality:
-        print("approximate mode: " + ", ".join(f"{k} {v:.4g}" for k, v in occ.quality.items()))
-    print(f"panel (c) rule: {rule} ({rule_reason})")
-    print(markdown_table(table["columns"], table["rows"]))
-    print(f"wrote {args.out / 'result.json'}")
+    settings = OcclusionSettings(feature_map_layer(loaded, args.layer, "--layer"), args.label, args.window,
+                                 args.stride, args.fill, args.channel, args.rule, _approximation(args),
+                                 args.batch_size, not args.no_incremental)
+    for line in write_occlusion(loaded, image, args.out, settings, image_path=args.image,
+                                params=run_params(args, loaded)):
+        print(line)
     return 0
 
 

@@ -6,6 +6,9 @@ One capture mechanism for the whole library:
   every forward run inside the block; hooks are removed in ``finally`` whatever happens.
 * :func:`capture` (one shot): run the model on ``x`` and return the named outputs, stopping the
   forward once the deepest requested layer has run.
+* :func:`hooked` (context manager): the analyses' own forward, pre-forward or backward hook
+  functions on any modules, removed in ``finally``; a hook may raise :class:`StopForward` to end the
+  forward pass early. No module outside ``core`` registers a hook of its own.
 
 Layer names are module paths at any depth (``features.3``, ``layer2.1.conv1``, a block or a
 leaf); on a :class:`convlens.nets.convnet.ConvNet` also its layer names (``conv5`` means the rectified
@@ -19,13 +22,14 @@ from __future__ import annotations
 import contextlib
 import difflib
 import weakref
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-__all__ = ["capture", "get_module", "layer_names", "parse_unit", "record_activations", "resolve_layer"]
+__all__ = ["StopForward", "capture", "get_module", "hooked", "layer_names", "parse_unit", "record_activations",
+           "resolve_layer"]
 
 _LIST_HINT = "run 'convlens layers' with the same model flags (e.g. 'convlens layers --arch torchvision:resnet18')"
 
@@ -158,6 +162,62 @@ def record_activations(model: nn.Module, layers: Sequence[str]) -> Iterator[dict
         yield rec.store
     finally:
         rec.remove()
+
+
+class StopForward(Exception):
+    """Raise from a hook inside :func:`hooked` to end the forward pass there: ``hooked`` swallows it,
+    so the statement after the ``with`` block runs next (the layers after the hooked one cost nothing)."""
+
+
+HookKind = Literal["forward", "pre", "backward"]
+_REGISTER = {"forward": "register_forward_hook", "pre": "register_forward_pre_hook",
+             "backward": "register_full_backward_hook"}
+
+
+@contextlib.contextmanager
+def hooked(
+    model: nn.Module,
+    hooks: Mapping[nn.Module | str, Callable[..., Any]] | Iterable[tuple[nn.Module | str, Callable[..., Any]]],
+    *,
+    kind: HookKind = "forward",
+) -> Iterator[None]:
+    """Context manager: ``fn`` registered on each module of ``hooks`` for the block, removed in ``finally``.
+
+    The one place the library registers hooks (besides :func:`record_activations` built on the same
+    idea). A hook that raises :class:`StopForward` ends the forward pass; the exception does not leave
+    the ``with`` block. Every other exception propagates, after the hooks are removed.
+
+    Args:
+        model: the model the modules belong to (module paths are looked up in it).
+        hooks: ``{module_or_path: fn}``, or ``(module_or_path, fn)`` pairs (a module may appear
+            twice; hooks run in the order given). ``fn`` has PyTorch's signature for ``kind``:
+            ``fn(module, inputs, output)`` (forward; a returned tensor replaces the output),
+            ``fn(module, inputs)`` (pre), ``fn(module, grad_inputs, grad_outputs)`` (backward).
+        kind: ``"forward"``, ``"pre"`` (forward pre-hook) or ``"backward"`` (full backward hook).
+
+    Raises:
+        ValueError: an unknown ``kind`` or module path (before any hook is registered).
+
+    Example:
+        >>> seen = []
+        >>> with hooked(model, {"features.3": lambda m, i, o: seen.append(o.shape)}):
+        ...     model(images)
+        >>> seen[0]
+    """
+    if kind not in _REGISTER:
+        raise ValueError(f"kind must be one of {', '.join(_REGISTER)}, got {kind!r}")
+    pairs = list(hooks.items()) if isinstance(hooks, Mapping) else list(hooks)
+    targets = [(get_module(model, m) if isinstance(m, str) else m, fn) for m, fn in pairs]
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    try:
+        for module, fn in targets:
+            handles.append(getattr(module, _REGISTER[kind])(fn))
+        yield
+    except StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
 
 
 # per model: how many times each hooked module ran in one forward (learned on the first capture)

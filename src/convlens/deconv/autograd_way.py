@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from convlens.core.capture import StopForward, hooked
 from convlens.core.graph import is_local
 from convlens.core.receptive_field import receptive_fields
 from convlens.deconv import graph_way as _deconv_graph
@@ -38,15 +39,11 @@ from convlens.nets.meta import fixed_input_size
 CROP_FRACTION = 0.5  # crop when its area is below this share of the image (else full images)
 
 
-class _Stop(Exception):
-    """Raised by the capture hook: the forward pass stops at the projected layer."""
-
-
 def _capture(store: dict[str, Any], stop_at: int | None) -> Callable[..., None]:
     def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
         store["act"], store["calls"] = out, store.get("calls", 0) + 1
         if store["calls"] == stop_at:
-            raise _Stop
+            raise StopForward  # the forward pass stops at the projected layer
 
     return hook
 
@@ -57,13 +54,8 @@ def forward_to(
     """(``target``'s output for ``x``, how often ``target`` was called). With ``calls`` the forward
     stops at that call (the rest of the network is not run); without, the last call's output."""
     store: dict[str, Any] = {}
-    handle = target.register_forward_hook(_capture(store, calls))
-    try:
+    with hooked(model, [(target, _capture(store, calls))]):
         model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
     if "act" not in store:
         raise ValueError(f"layer module {type(target).__name__} is not called by {type(model).__name__}.forward")
     return store["act"], store["calls"]

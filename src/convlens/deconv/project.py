@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlens.core.capture import get_module
+from convlens.core.capture import get_module, hooked
 from convlens.core.receptive_field import receptive_fields
 from convlens.deconv.rules import RULE_CHOICES, RULES, resolve_rule
 
@@ -349,13 +349,10 @@ def _project_generic(
     values = _gather_values(act, units)
     seed = values.reshape(-1) if unit_seed == "value" else torch.ones(n * k, dtype=act.dtype, device=act.device)
     hook = _rule_hook(rule)
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.ReLU, nn.ReLU6)) or (rule == "deconvnet" and isinstance(m, _LRN))]
-    try:
+    rectifiers = [(m, hook) for m in model.modules()
+                  if isinstance(m, (nn.ReLU, nn.ReLU6)) or (rule == "deconvnet" and isinstance(m, _LRN))]
+    with hooked(model, rectifiers):
         out = _deconv_generic.project(model, images, target, calls, units, seed, plan, name, rule)
-    finally:
-        for h in handles:
-            h.remove()
     return out.reshape(n, k, *images.shape[1:]), values, units
 
 

@@ -37,12 +37,13 @@ with the same output shape (after its BatchNorm), else at the conv output.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from convlens.core.capture import hooked
 from convlens.nets.convnet import ConvNet
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.Hardtanh,
@@ -113,24 +114,17 @@ def _leaf_events(model: nn.Module, x: torch.Tensor) -> list[tuple[str, int, nn.M
     """(name, call number, module, output shape) of every leaf-module call of one forward, in order."""
     events: list[tuple[str, int, nn.Module, tuple[int, ...]]] = []
     calls: dict[str, int] = {}
-    handles = []
 
-    def hook(name: str) -> object:
+    def hook(name: str) -> Callable[..., None]:
         def fn(m: nn.Module, _i: object, out: object) -> None:
             if isinstance(out, torch.Tensor):
                 calls[name] = calls.get(name, -1) + 1
                 events.append((name, calls[name], m, tuple(out.shape)))
         return fn
 
-    for name, m in model.named_modules():
-        if name and not any(True for _ in m.children()):
-            handles.append(m.register_forward_hook(hook(name)))  # type: ignore[arg-type]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    leaves = [(m, hook(name)) for name, m in model.named_modules() if name and not any(True for _ in m.children())]
+    with torch.no_grad(), hooked(model, leaves):
+        model(x)
     return events
 
 
@@ -167,9 +161,8 @@ def _generic_activation_fraction(model: nn.Module, images: torch.Tensor, convs: 
     counts: dict[str, torch.Tensor] = {}
     sizes: dict[str, int] = {}
     calls: dict[str, int] = {}
-    handles = []
 
-    def hook(target: str) -> object:
+    def hook(target: str) -> Callable[..., None]:
         def fn(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
             calls[target] = calls.get(target, -1) + 1
             for conv, (name, k) in points.items():
@@ -178,15 +171,10 @@ def _generic_activation_fraction(model: nn.Module, images: torch.Tensor, convs: 
                     sizes[conv] = sizes.get(conv, 0) + out.shape[0] * out.shape[2] * out.shape[3]
         return fn
 
-    for name in {n for n, _ in points.values()}:
-        handles.append(modules[name].register_forward_hook(hook(name)))  # type: ignore[arg-type]
-    try:
+    with hooked(model, [(modules[name], hook(name)) for name in {n for n, _ in points.values()}]):
         for start in range(0, len(images), batch_size):
             calls.clear()
             model(images[start:start + batch_size])
-    finally:
-        for h in handles:
-            h.remove()
     return {conv: (counts[conv] / sizes[conv]).float() for conv in convs if conv in counts}
 
 

@@ -114,32 +114,27 @@ def layer_features(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
     features = getattr(model, "features", None)
     if callable(features) and hasattr(model, "resolve"):
         return features(x, list(layers))
-    from convlens.core.capture import get_module
+    from convlens.core.capture import StopForward, hooked
 
     store: dict[str, torch.Tensor] = {}
     pre: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    class _Done(Exception):
-        pass
+    def hook(key: str) -> Any:
+        def fn(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+            store[key] = out
+            if len(store) == len(layers):
+                raise StopForward
+        return fn
 
-    def hook(_m: nn.Module, _i: Any, out: torch.Tensor, key: str) -> None:
-        store[key] = out
-        if len(store) == len(layers):
-            raise _Done
-
-    def clip_hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor, key: str) -> None:
-        pre[key] = (inputs[0], out)
+    def clip_hook(key: str) -> Any:
+        def fn(_m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            pre[key] = (inputs[0], out)
+        return fn
 
     # clip hooks first: when the layer *is* the clip, its own hook must not end the pass before them
-    handles = [c.register_forward_hook(lambda m, i, o, n=n: clip_hook(m, i, o, n)) for n, c in (clips or {}).items()]
-    handles += [get_module(model, n).register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n in layers]
-    try:
+    hooks = [(c, clip_hook(n)) for n, c in (clips or {}).items()] + [(n, hook(n)) for n in layers]
+    with hooked(model, hooks):
         model(x)
-    except _Done:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
     acts = {n: store[n] for n in layers}
     for n, (before, after) in pre.items():
         if after is acts[n] and before is not after:

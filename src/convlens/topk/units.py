@@ -37,11 +37,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from convlens.deconv.blocks import map_block, value_caption
 from convlens.deconv.view import CONTRAST, resample, shade
 from convlens.io.artifacts import atomic_write, save_png
 from convlens.io.viz import upscale_nearest
 from convlens.topk.accumulator import TopActivations
-from convlens.topk.sheets import fig2_sheets, map_block, short_class_name, value_caption
+from convlens.topk.sheets import fig2_sheets, short_class_name
 
 __all__ = ["MinedUnits", "display_class_names", "layer_sheets", "project_mined"]
 
