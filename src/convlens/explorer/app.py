@@ -25,6 +25,7 @@ from convlens.explorer.ondemand import Projector
 from convlens.explorer.public import public_json
 from convlens.explorer.runindex import RULE_CHOICES, Mined, index_mine
 from convlens.explorer.server import LOCAL_HOSTS, guard
+from convlens.explorer.unitrange import TableCache
 from convlens.explorer.uploads import MAX_UPLOAD_PIXELS, ImageTooLarge, decode_upload
 from convlens.io.manifest import Result, Run, inside, load_run
 
@@ -49,6 +50,7 @@ class _State:
         self._loaded: Any = None
         self._cache: tuple[tuple[float, ...], Run, Mined | None] | None = None
         self.projector: Projector
+        self.tables: TableCache
         self.shared_model = False  # the model is the projector's: uploads and projections take turns
 
     def _stamp(self) -> tuple[float, ...]:
@@ -174,6 +176,7 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
                      else _default_loader(root, checkpoint))
     state = _State(root, loader, label, max_pixels, JobQueue(workers=workers, capacity=queue, keep=keep))
     state.projector = Projector(state.root, state.mined, device)
+    state.tables = TableCache()
     state.shared_model = loader is None
     if loader is None:
         state.loader, state.model_label = _record_loader(state)
@@ -208,7 +211,8 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
     @app.route("/")
     def index() -> str:
         run, mined = state.run(), state.mined()
-        results = [{"r": r, "url": result_url(r), "n": len(r.figures)} for r in run.results]
+        results = [{"r": r, "url": result_url(r), "n": len(r.figures),
+                    "compare": "/compare/" + (r.name or ".") if r.kind == "compare" else None} for r in run.results]
         return render_template("index.html", mined=mined, report=state.url("report/index.html"),
                                results=results, warnings=[*run.warnings, *(mined.warnings if mined else ())],
                                has_model=state.loader is not None, model_label=state.model_label,
@@ -302,10 +306,14 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
             abort(404, "no such analysis")
         return jsonify(job.status())
 
+    from convlens.explorer.comparepage import register_compare
     from convlens.explorer.pages import register_pages
+    from convlens.explorer.unitrange import register_dataset_images
 
     register_pages(app, state)
     register_api(app, state)
+    register_dataset_images(app, state)
+    register_compare(app, state)
     return app
 
 
