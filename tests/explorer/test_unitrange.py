@@ -97,7 +97,7 @@ def test_layer_page_label_column_sort_and_search(ranged: Path) -> None:
     shown = [int(m) for m in re.findall(r'data-map="(\d+)"', html)]
     scores = labels.scores
     assert shown == sorted(range(12), key=lambda m: (-scores[m], m))
-    assert len(re.findall(r'class="cap tlabel', html)) == 12 and 'id="unordered"' not in html
+    assert len(re.findall(r'class="tlabel', html)) == 12 and 'id="unordered"' not in html
     asc = [int(m) for m in re.findall(r'data-map="(\d+)"', _page(client, "/layer/conv5?sort=label&order=asc"))]
     assert asc == sorted(range(12), key=lambda m: (scores[m], m))
     found = _page(client, "/layer/conv5?label=B")
@@ -145,3 +145,7 @@ def test_compare_page_of_a_self_comparison(ranged: Path, tmp_path: Path) -> None
         share = len(live) / table.layers[layer]
         assert f"<b>{100 * share:.0f}%</b> of A" in section
     assert client.get("/compare/nope").status_code == 404
+    alone = create_app(run / "compare").test_client()  # the compare folder served by itself: no unit pages to link
+    assert 'href="/compare/"' in _page(alone, "/")
+    page = _page(alone, "/compare/")
+    assert page.count('class="rcurve"') == 4 and 'href="/layer/' not in page and ">1.000<" in page

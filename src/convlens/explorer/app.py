@@ -212,7 +212,7 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
     def index() -> str:
         run, mined = state.run(), state.mined()
         results = [{"r": r, "url": result_url(r), "n": len(r.figures),
-                    "compare": "/compare/" + (r.name or ".") if r.kind == "compare" else None} for r in run.results]
+                    "compare": "/compare/" + (r.name or "") if r.kind == "compare" else None} for r in run.results]
         return render_template("index.html", mined=mined, report=state.url("report/index.html"),
                                results=results, warnings=[*run.warnings, *(mined.warnings if mined else ())],
                                has_model=state.loader is not None, model_label=state.model_label,

@@ -41,7 +41,8 @@ def curve_view(series: list[tuple[str, str, list[float | None]]], *, width: int 
         pts = " ".join(f"{round(left + w * (i + 1) / n, 2)},{y(r)}" for i, r in enumerate(v))
         lines.append({"name": name, "colour": colour, "points": pts})
     yticks = [{"y": y(t), "v": t} for t in (0.0, 0.5, 1.0)]
-    xticks = [{"x": round(left + w * f, 2), "v": f} for f in (0.0, 0.5, 1.0)]
+    xticks = [{"x": round(left + w * f, 2), "v": f, "anchor": a}
+              for f, a in ((0.0, "start"), (0.5, "middle"), (1.0, "end"))]
     return {"width": width, "height": height, "left": left, "top": top, "w": w, "h": h, "base": top + h,
             "lines": lines, "yticks": yticks, "xticks": xticks, "persist_y": y(PERSIST_R), "persist": PERSIST_R}
 
@@ -65,15 +66,17 @@ def _rows(pairs: Any, link_unit: str | None, link_match: str | None) -> list[dic
         rows.append({"unit": u, "match": mt, "r": r,
                      "unit_url": f"{link_unit}/map/{u}" if link_unit else None,
                      "match_url": f"{link_match}/map/{mt}" if link_match and isinstance(mt, int) else None})
-    return sorted(rows, key=lambda x: (-(x["r"] if isinstance(x["r"], float) else -2.0), x["unit"]))
+    # strongest first; r rounded as shown, so that units tied on the page are listed by number
+    return sorted(rows, key=lambda x: (-(round(x["r"], 3) if isinstance(x["r"], float) else -2.0), x["unit"]))
 
 
 def register_compare(app: Flask, state: Any) -> None:
     """Add ``/compare/<name>`` (module docstring)."""
 
+    @app.route("/compare/", defaults={"name": "."})  # a browser turns /compare/. into /compare/
     @app.route("/compare/<path:name>")
     def compare_page(name: str) -> str:
-        found = [r for r in compare_results(state.run()) if (r.name or ".") == name]
+        found = [r for r in compare_results(state.run()) if (r.name or ".") == (name or ".")]
         if not found:
             abort(404, f"no unit matching {name[:80]!r} in this run; see the list on the start page")
         r = found[0]
