@@ -91,3 +91,28 @@ def make_mined_run(root: Path, layers: dict[str, int] | None = None, *, k: int =
             "summary": "synthetic", "params": {}, "tables": [], "data": {},
             "figures": [{"path": "occlusion.png", "caption": "occlusion maps of img0"}]}))
     return root
+
+
+def make_ranged_run(root: Path, per_class: int = 12) -> Path:
+    """A run mined by ``convlens mine`` (zfnet-tiny, conv1 and conv5, no projections) over an
+    ImageFolder of two classes whose images differ in brightness (class ``b`` brighter, so some maps
+    get a label), WITH activation tables; returns the run folder (``root/run``; data in ``root/images``)."""
+    from convlens.cli import main
+    from convlens.images.data import dataset_preprocessing
+    from convlens.nets.checkpoint import save_checkpoint
+    from convlens.nets.convnet import build_model
+
+    rng = np.random.default_rng(1)
+    images = root / "images"
+    for c, (lo, hi) in {"a": (0, 140), "b": (110, 256)}.items():
+        (images / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(lo, hi, (40, 44, 3), dtype=np.uint8)).save(images / c / f"{i:03d}.png")
+    model = build_model("zfnet-tiny", num_classes=2, init="kaiming", seed=0)
+    pre = dataset_preprocessing(str(images), crop=32)
+    ckpt = save_checkpoint(root / "tiny.pt", model, preprocessing=pre, class_names=["a", "b"], epoch=1)
+    run = root / "run"
+    assert main(["mine", "--checkpoint", str(ckpt), "--dataset", str(images), "--split", "train",
+                 "--layers", "conv1,conv5", "--k", "3", "--batch-size", "8", "--workers", "0",
+                 "--project", "none", "--device", "cpu", "--out", str(run / "mine")]) == 0
+    return run

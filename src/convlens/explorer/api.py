@@ -18,7 +18,6 @@ draws them again from the same data.
 """
 from __future__ import annotations
 
-import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,41 +25,10 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 
-from convlens.topk.acttable import ActTable, load_table
-from convlens.topk.unitdata import layer_labels, unit_range
-from convlens.topk.unitstats import UnitLabels
+from convlens.topk.acttable import ActTable
+from convlens.topk.unitdata import unit_range
 
 __all__ = ["archive_files", "register_api"]
-
-
-class _Tables:
-    """The mined run's activation table and its layers' labels, reloaded when ``table.json`` changes."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._key: tuple[str, float] | None = None
-        self._table: ActTable | None = None
-        self._labels: dict[str, UnitLabels] = {}
-
-    def table(self, mine_dir: Path) -> ActTable | None:
-        meta = mine_dir / "acts" / "table.json"
-        try:
-            key = (str(meta), meta.stat().st_mtime)
-        except OSError:
-            return None
-        with self._lock:
-            if key != self._key:
-                try:
-                    self._table, self._labels, self._key = load_table(meta.parent), {}, key
-                except ValueError:
-                    return None
-            return self._table
-
-    def labels(self, table: ActTable, layer: str, names: list[str]) -> UnitLabels:
-        with self._lock:
-            if layer not in self._labels:
-                self._labels[layer] = layer_labels(table, layer, names)
-            return self._labels[layer]
 
 
 def _error(code: int, message: str) -> tuple[Response, int]:
@@ -130,8 +98,9 @@ def _zip_stream(files: list[tuple[Path, str]], chunk: int = 1 << 20) -> Iterator
 
 
 def register_api(app: Flask, state: Any) -> None:
-    """Add the ``/api`` routes (module docstring) to the explorer's app."""
-    tables = _Tables()
+    """Add the ``/api`` routes (module docstring) to the explorer's app (``state.tables``: the
+    :class:`~convlens.explorer.unitrange.TableCache` the pages read too)."""
+    tables = state.tables
 
     def layer_of(layer: str) -> tuple[Any, Any, ActTable | None]:
         mined = state.mined()

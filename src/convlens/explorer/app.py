@@ -35,6 +35,7 @@ from convlens.explorer.ondemand import Projector
 from convlens.explorer.public import public_json
 from convlens.explorer.runindex import RULE_CHOICES, Mined, index_mine
 from convlens.explorer.server import LOCAL_HOSTS, guard
+from convlens.explorer.unitrange import TableCache
 from convlens.explorer.uploads import MAX_UPLOAD_PIXELS, ImageTooLarge, decode_upload
 from convlens.explorer.uploadstore import UploadStore, kept_input
 from convlens.io.manifest import Result, Run, inside, load_run
@@ -64,6 +65,7 @@ class _State:
         self._cache: tuple[tuple[float, ...], Run, Mined | None, tuple[str, ...]] | None = None
         self.projector: Projector
         self.store: UploadStore
+        self.tables: TableCache
         self.shared_model = False  # the model is the projector's: uploads and projections take turns
 
     def _stamp(self) -> tuple[float, ...]:
@@ -227,6 +229,7 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
                    JobQueue(workers=workers, capacity=queue, keep=keep, on_done=store.save))
     state.store = store
     state.projector = Projector(state.root, state.mined, device)
+    state.tables = TableCache()
     state.shared_model = loader is None
     if loader is None:
         state.loader, state.model_label = _record_loader(state)
@@ -278,7 +281,8 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
     @app.route("/")
     def index() -> str:
         run, mined = state.run(), state.mined()
-        results = [{"r": r, "url": result_url(r), "n": len(r.figures)} for r in run.results]
+        results = [{"r": r, "url": result_url(r), "n": len(r.figures),
+                    "compare": "/compare/" + (r.name or "") if r.kind == "compare" else None} for r in run.results]
         return render_template("index.html", mined=mined, report=state.url("report/index.html"),
                                results=results, warnings=state.warnings(),
                                has_model=state.loader is not None and not (state.shared_model and state.model_error),
@@ -380,11 +384,15 @@ def create_app(run_dir: str | Path, *, checkpoint: str | Path | None = None, mod
             abort(404, "no such analysis")
         return jsonify(job.status())
 
+    from convlens.explorer.comparepage import register_compare
     from convlens.explorer.pages import register_pages
+    from convlens.explorer.unitrange import register_dataset_images
 
     register_pages(app, state)
     register_api(app, state)
     register_featvis(app, state)  # feature visualizations beside the top 9 (convlens.explorer.featvis_routes)
+    register_dataset_images(app, state)
+    register_compare(app, state)
     return app
 
 

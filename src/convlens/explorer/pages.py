@@ -19,6 +19,7 @@ from flask import Flask, abort, jsonify, redirect, render_template, request
 
 from convlens.explorer.ondemand import entry_json
 from convlens.explorer.runindex import SORTS, MapInfo, Mined, MinedLayer
+from convlens.explorer.unitrange import LABEL_SORT, label_order, label_text, layer_labels_of, unit_range_of
 
 __all__ = ["PER_PAGE", "register_pages"]
 
@@ -42,8 +43,8 @@ def _layer(mined: Mined, layer: str) -> MinedLayer:
 
 def _sort_args() -> tuple[str, bool]:
     sort = request.args.get("sort", "map")
-    if sort not in SORTS:
-        abort(400, f"sort must be one of {', '.join(SORTS)}, got {sort[:40]!r}")
+    if sort not in SORTS and sort != "label":
+        abort(400, f"sort must be one of {', '.join(SORTS)}, label, got {sort[:40]!r}")
     order = request.args.get("order", "asc" if sort == "map" else "desc")
     if order not in ("asc", "desc"):
         abort(400, f"order must be asc or desc, got {order[:40]!r}")
@@ -67,6 +68,17 @@ def _query(sort: str, desc: bool, **extra: Any) -> str:
         args = {"sort": sort, "order": "desc" if desc else "asc"}
     args.update({k: v for k, v in extra.items() if v is not None})
     return ("?" + urlencode(args)) if args else ""
+
+
+def _order(state: Any, mined: Mined, ml: MinedLayer, sort: str, desc: bool) -> tuple[list[int], bool]:
+    """Positions of the layer's maps in ``sort`` order, and whether that sort tells them apart (a
+    ``label`` sort of a run without labels keeps map order and says so)."""
+    if sort != "label":
+        return ml.order(sort, desc), sort == "map" or ml.orders(sort)
+    labels, _ = layer_labels_of(state, mined, ml.name)
+    if labels is None:
+        return ml.order("map", False), False
+    return label_order(labels, [mi.id for mi in ml.maps], desc)
 
 
 def _short_image(image: str) -> str:
@@ -119,27 +131,34 @@ def register_pages(app: Flask, state: Any) -> None:
         mined = _mined(state)
         ml = _layer(mined, layer)
         sort, desc = _sort_args()
+        find = request.args.get("label", "").strip()[:80] or None
+        labels, no_labels = layer_labels_of(state, mined, layer)
+        order, tells = _order(state, mined, ml, sort, desc)
+        if find is not None and labels is not None:
+            order = [i for i in order if find.lower() in (labels.names[ml.maps[i].id] or "").lower()]
         per = _int_arg("per", PER_PAGE, 12, MAX_PER_PAGE)
-        pages = max(1, math.ceil(len(ml.maps) / per))
+        pages = max(1, math.ceil(len(order) / per))
         page = _int_arg("page", 1, 1, pages)
-        order = ml.order(sort, desc)
         shown = state.projector.shown
         tiles = [_tile(shown(mined, layer, ml.maps[i])) for i in order[(page - 1) * per:page * per]]
-        links = {
-            "prev": f"/layer/{layer}{_query(sort, desc, page=page - 1, per=None if per == PER_PAGE else per)}"
-            if page > 1 else None,
-            "next": f"/layer/{layer}{_query(sort, desc, page=page + 1, per=None if per == PER_PAGE else per)}"
-            if page < pages else None,
-        }
-        sorts = [{"key": k, "label": v, "url": f"/layer/{layer}{_query(k, k != 'map')}", "on": k == sort}
-                 for k, v in SORTS.items()]
-        flip = f"/layer/{layer}{_query(sort, not desc)}"
-        page_urls = [(p, f"/layer/{layer}{_query(sort, desc, page=p, per=None if per == PER_PAGE else per)}")
-                     for p in range(1, pages + 1)]
+        if labels is not None:
+            for t in tiles:
+                lab = labels.label(t["id"])
+                t["label"], t["label_text"] = lab, label_text(lab, mined.class_names)
+        per_q = None if per == PER_PAGE else per
+        at_page = {p: f"/layer/{layer}{_query(sort, desc, page=p, per=per_q, label=find)}" for p in range(1, pages + 1)}
+        links = {"prev": at_page.get(page - 1), "next": at_page.get(page + 1)}
+        names = {**SORTS, **({"label": LABEL_SORT} if labels is not None else {})}
+        sorts = [{"key": k, "label": v, "url": f"/layer/{layer}{_query(k, k != 'map', label=find)}", "on": k == sort}
+                 for k, v in names.items()]
+        flip = f"/layer/{layer}{_query(sort, not desc, label=find)}"
+        page_urls = list(at_page.items())
         return render_template("layer.html", layer=ml, tiles=tiles, sort=sort, desc=desc, sorts=sorts, flip=flip,
                                page=page, pages=pages, page_urls=page_urls, links=links,
                                unit_query=_query(sort, desc), first=(page - 1) * per + 1,
-                               unordered=sort != "map" and not ml.orders(sort),
+                               sort_name=names.get(sort, LABEL_SORT), find=find, found=len(order),
+                               has_labels=labels is not None, no_labels=no_labels,
+                               unordered=sort != "map" and not tells,
                                has_classes=mined.class_means is not None and layer in mined.class_means.layers)
 
     @app.route("/layer/<layer>/map/<int:m>")
@@ -153,7 +172,7 @@ def register_pages(app: Flask, state: Any) -> None:
         mi = state.projector.shown(mined, layer, mi)
         pending = mi.thumb is None and bool(mi.entries) and mined.result.params.get("source") is not None
         sort, desc = _sort_args()
-        order = ml.order(sort, desc)
+        order, _ = _order(state, mined, ml, sort, desc)
         at = order.index(ml.position[m])
         q = _query(sort, desc)
         prev_id = ml.maps[order[at - 1]].id if at > 0 else None
@@ -171,6 +190,7 @@ def register_pages(app: Flask, state: Any) -> None:
         hist = mi.histogram()
         entries = [{"e": e, "short": _short_image(e.image)} for e in mi.entries]
         evolution, note = _evolution(state, layer, m)
+        whole, no_range = unit_range_of(state, mined, layer, m, len(mi.entries))
         return render_template(
             "map.html", layer=ml, mi=mi, entries=entries, pending=pending,
             projections_url=f"/layer/{layer}/map/{m}/projections", hist=hist,
@@ -178,7 +198,8 @@ def register_pages(app: Flask, state: Any) -> None:
             rf=_rf(mi, mined.input_size), drivers=drivers, neighbours=neighbours, q=q, sort=sort, desc=desc,
             prev_url=f"/layer/{layer}/map/{prev_id}{q}" if prev_id is not None else None,
             next_url=f"/layer/{layer}/map/{next_id}{q}" if next_id is not None else None,
-            position=at + 1, total=len(order), sort_label=SORTS[sort], evolution=evolution, evolution_note=note,
+            position=at + 1, total=len(order), sort_label=SORTS.get(sort, LABEL_SORT), evolution=evolution,
+            evolution_note=note, whole=whole, no_range=no_range,
             class_index={n: i for i, n in enumerate(mined.class_names)} if cm is not None else {},
             back=f"/layer/{layer}{_query(sort, desc, page=at // PER_PAGE + 1 if at >= PER_PAGE else None)}")
 
