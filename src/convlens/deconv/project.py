@@ -342,12 +342,23 @@ def _project_generic(
     target = get_module(model, name)
     _check_generic(model, rule)
     plan = _deconv_generic.crop_plan(model, name, (images.shape[-2], images.shape[-1]))  # before the rule hooks
-    with torch.no_grad():
-        act, calls = _deconv_generic.forward_to(model, target, images)
+    # full images through the explicit way: one recorded forward of all images gives the layer's output
+    # and the gates (no second forward, no rule hooks; large batches go on in pieces below)
+    from convlens.deconv import graph_way as _deconv_graph
+
+    recorded = _deconv_graph.record(model, images, name, rule) if plan is None and \
+        len(images) <= _deconv_graph.IMAGES else None
+    if recorded is not None:
+        act, calls = recorded.act, 0
+    else:
+        with torch.no_grad():
+            act, calls = _deconv_generic.forward_to(model, target, images)
     units = select(act)
     n, k = units.shape[:2]
     values = _gather_values(act, units)
     seed = values.reshape(-1) if unit_seed == "value" else torch.ones(n * k, dtype=act.dtype, device=act.device)
+    if recorded is not None:
+        return recorded.down(units, seed).reshape(n, k, *images.shape[1:]), values, units
     hook = _rule_hook(rule)
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (nn.ReLU, nn.ReLU6)) or (rule == "deconvnet" and isinstance(m, _LRN))]

@@ -48,6 +48,18 @@ class MinedSource:
     class_names: list[str]
     _tops: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _weights: tuple[tuple[int, ...], str] | None = None
+
+    def weights(self) -> str:
+        """The model's :func:`convlens.nets.fingerprint.weights_fingerprint`, hashed again only when a
+        weight tensor was changed in place since (its version counter moved)."""
+        from convlens.nets.fingerprint import weights_fingerprint
+
+        with self._lock:
+            versions = tuple(t._version for t in self.loaded.model.state_dict().values())
+            if self._weights is None or self._weights[0] != versions:
+                self._weights = (versions, weights_fingerprint(self.loaded.model))
+            return self._weights[1]
 
     def top(self, layer: str) -> Any:
         """The layer's :class:`~convlens.topk.accumulator.TopActivations` (ValueError when it was not mined)."""
@@ -146,5 +158,5 @@ def project_maps(source: MinedSource, layer: str, maps: Sequence[int], *, rule: 
     k = int(top.values.shape[1])
     done = project_mined(source.loaded.model, source.dataset, top, source.out, maps=list(maps), rule=rule,
                          to_pixels=source.loaded.preprocessing.denormalize, class_names=source.class_names,
-                         batch=k)  # a map's k units in one batched pass
+                         batch=k, weights=source.weights())  # a map's k units in one batched pass
     return done.entries
