@@ -48,7 +48,7 @@ class Projector:
 
     def source(self) -> Any:
         """The :class:`convlens.topk.record.MinedSource` of the run's ``mine`` result, opened once."""
-        from convlens.topk.record import open_mined
+        from convlens.topk.record import open_mined, warm_up
 
         with self._open_lock:
             if self._source is None:
@@ -56,8 +56,14 @@ class Projector:
                 if mined is None:
                     raise ValueError("this run has no mined feature maps")
                 t = time.perf_counter()
-                self._source = open_mined(mined.result.dir, mined.result.params, device=self.device)
-                log.info("opened %s for projections on demand in %.1f s", self._source.loaded.arch,
+                source = open_mined(mined.result.dir, mined.result.params, device=self.device)
+                try:  # the first page then costs what later ones do (reading, hashing, tracing done)
+                    with _threads_for_load():
+                        warm_up(source, {layer: ml.rule for layer, ml in mined.layers.items()})
+                except (ValueError, RuntimeError, OSError, IndexError) as exc:
+                    log.info("warming up projections on demand failed (pages will compute anyway): %s", exc)
+                self._source = source
+                log.info("opened %s for projections on demand in %.1f s", source.loaded.arch,
                          time.perf_counter() - t)
             return self._source
 

@@ -12,12 +12,13 @@ indistinguishable from one ``mine`` projected.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MinedSource", "mine_source", "open_mined", "project_maps"]
+__all__ = ["MinedSource", "mine_source", "open_mined", "project_maps", "warm_up"]
 
 
 def _abs(path: str | Path | None) -> str | None:
@@ -79,6 +80,26 @@ class MinedSource:
                 d.pop("class_means", None), d.pop("class_counts", None)  # not needed to project
                 self._tops[layer] = TopActivations(**d)
             return self._tops[layer]
+
+
+def warm_up(source: MinedSource, layers: dict[str, str]) -> None:
+    """Do ahead what a first :func:`project_maps` of ``layers`` (layer -> its mined rule) does once: read
+    their top-k, hash the weights, trace the model and project one unit of one image per layer (nothing
+    written). A server calls it in the background so that its first unit page costs what later ones do."""
+    import torch
+
+    from convlens.deconv.project import project_units
+
+    source.weights()
+    for layer, rule in layers.items():
+        top = source.top(layer)
+        image = source.dataset[int(top.dataset_indices[0, 0])][0][None]
+        param = next(source.loaded.model.parameters())
+        unit = torch.cat([torch.tensor([0]), top.positions[0, 0].cpu()])[None, None]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the rule's notes are given when a map is projected
+            project_units(source.loaded.model, image.to(param.device, param.dtype), layer, unit.to(param.device),
+                          rule=rule)
 
 
 def _source_of(params: dict[str, Any]) -> dict[str, Any]:
