@@ -2,15 +2,19 @@
 
 For a layer whose ancestors are only convolutions (grouped/depthwise/dilated, integer zero
 padding or convlens's TF "SAME" padding hook), BatchNorm in eval, ``nn.ReLU``/``nn.ReLU6``
-modules, identities/dropout (LRN for ``deconvnet``) and residual additions, one forward of the
-image records every node; then the units' signals go down together as one batch: transposed
+modules, identities/dropout (LRN for ``deconvnet``) and residual additions, one forward of up to
+:data:`IMAGES` images records every node (:func:`record`; its output at the layer is what the caller
+selects units and seeds from, so the images go forward once); then the units' signals of all those
+images go down together as one batch, each sample gated by its own image's forward: transposed
 convolutions (no bias; BatchNorm's per-channel scale folded in), the rule at every ReLU (gates
 from the recorded forward, exactly as the rule hooks of :mod:`convlens.deconv.project` apply it), and
 both branches of an addition. This is what autograd computes with the rule hooks, without
 repeating the forward per unit and without vmap (which runs PyTorch's convolution backward once
 per unit). Where the signal is large (early layers of a 224x224 image) the batch goes on in
 pieces of two: measured on MobileNetV2, 2.2 s instead of 3.3 s for 144 units (see
-``benchmarks/deconv.py --model mobilenet_v2``). Any other operation (max pooling included):
+``benchmarks/deconv.py --model mobilenet_v2``). Nine images' top unit each (a unit page of
+``features.16`` projected on demand) took 1.3 CPU-s instead of 2 CPU-s with one image at a time and a
+second forward (``benchmarks/explorer_ondemand.py``). Any other operation (max pooling included):
 ``None`` (the caller falls back to autograd).
 """
 from __future__ import annotations

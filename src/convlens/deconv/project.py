@@ -335,7 +335,8 @@ def _check_generic(model: nn.Module, rule: str) -> None:
 def _project_generic(
     model: nn.Module, images: torch.Tensor, layer: str, select: Selector, rule: str, unit_seed: str = "value",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Receptive-field crops where exact, else one forward per image (see :mod:`convlens.deconv.autograd_way`)."""
+    """Receptive-field crops where exact, else full images: recorded together and sent down explicitly
+    where the graph allows, else one forward per image (see :mod:`convlens.deconv.autograd_way`)."""
     from convlens.deconv import autograd_way as _deconv_generic
 
     name = model.resolve(layer) if hasattr(model, "resolve") else layer  # type: ignore[operator]
