@@ -8,8 +8,8 @@ page then shows, fetched one after the other as a browser would. Prints one JSON
 Without a server: ``python benchmarks/explorer_ondemand.py RUN features.16 73,5,6`` serves the run
 in this process (Flask test client, the model opened ahead as ``serve`` does) and views each map
 twice; a map's projections made by an earlier call are deleted first (``units/<layer>/<m>.*``),
-so every first view computes. Also prints the CPU seconds of each view, the torch threads and the
-load average.
+so every first view computes. Also prints the torch threads and the load average; ``cpu_seconds``
+is this process's CPU time per view (the server's in this mode, only the client's over HTTP).
 """
 from __future__ import annotations
 
