@@ -181,3 +181,24 @@ def test_explicit_way_down_equals_autograd(monkeypatch, name, layer, tf_same, ru
     seed = torch.ones(units.shape[0] * units.shape[1], dtype=torch.float64)
     assert _deconv_graph.project(model, images, layer, units, seed, rule) is not None  # the explicit path
     assert_equals_reference(model, images, layer, units, rule)
+
+
+@pytest.mark.parametrize("images_at_once", [1, 16])
+def test_explicit_way_images_together_or_in_parts(monkeypatch, images_at_once):
+    """Three images recorded together (one forward, every unit gated by its own image) or one at a time
+    (more images than ``IMAGES``: the layer's output from a plain forward, then the images in parts)
+    equal one autograd backward per unit; the explicit way is the one taken."""
+    from convlens.deconv import graph_way as _deconv_graph
+
+    model = _model("mobilenet_v2")
+    layer = "features.6.conv.3"
+    images = torch.randn(3, 3, 48, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    units = live_units(model, images, layer)
+    monkeypatch.setattr(_deconv_generic, "CROP_FRACTION", 0.0)
+    monkeypatch.setattr(_deconv_graph, "IMAGES", images_at_once)
+    calls = []
+    down = _deconv_graph.Recorded.down
+    monkeypatch.setattr(_deconv_graph.Recorded, "down", lambda self, *a, **kw: calls.append(len(self.act)) or
+                        down(self, *a, **kw))
+    assert_equals_reference(model, images, layer, units, "guided")
+    assert calls == ([3] if images_at_once == 16 else [1, 1, 1])

@@ -238,3 +238,18 @@ def test_occluder_grid_bounds() -> None:
     for window, stride in ((1, None), (225, None), (40, 41), (40, 0)):
         with pytest.raises(ValueError, match="occlusion"):
             occluder_grid(224, window, stride)
+
+
+def test_opening_the_run_warms_up_without_writing(runs: dict[str, Path], tmp_path: Path) -> None:
+    """The server's warm-up projects one unit per mined layer ahead, in memory only: no unit is written,
+    and the first page still computes its map."""
+    from convlens.explorer import create_app
+
+    root = fresh_copy(runs["none"], tmp_path / "run")
+    app = create_app(root)
+    projector = app.extensions["convlens"].projector
+    source = projector.source()
+    assert set(source._tops) == set(LAYERS.split(","))  # every mined layer's top-k read ahead
+    assert not list((root / "mine" / "units").rglob("*.png")) if (root / "mine" / "units").exists() else True
+    assert app.test_client().get("/layer/conv5/map/3/projections").status_code == 200
+    assert projector.computed == 1

@@ -18,8 +18,8 @@ what each unit's forward and backward run on:
   the hook pads 0 above/left like the module's own ``padding=0``.
 * **Full images, one forward per image.** Otherwise (or when the crop would cover most of the
   image) each image goes forward once. Where the layer's ancestors are convolutions, BatchNorm,
-  ReLU/ReLU6 and additions, its units go down together as one batch, explicitly
-  (:mod:`convlens.deconv.graph_way`); else autograd stops the forward at ``layer`` and the units'
+  ReLU/ReLU6 and additions, the images go forward together and all their units go down together as
+  one batch, explicitly (:mod:`convlens.deconv.graph_way`); else autograd stops the forward at ``layer`` and the units'
   backward passes run batched over that one graph (``torch.autograd.grad(..., is_grads_batched=True)``).
 """
 from __future__ import annotations

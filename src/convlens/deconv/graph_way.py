@@ -2,15 +2,19 @@
 
 For a layer whose ancestors are only convolutions (grouped/depthwise/dilated, integer zero
 padding or convlens's TF "SAME" padding hook), BatchNorm in eval, ``nn.ReLU``/``nn.ReLU6``
-modules, identities/dropout (LRN for ``deconvnet``) and residual additions, one forward of the
-image records every node; then the units' signals go down together as one batch: transposed
+modules, identities/dropout (LRN for ``deconvnet``) and residual additions, one forward of up to
+:data:`IMAGES` images records every node (:func:`record`; its output at the layer is what the caller
+selects units and seeds from, so the images go forward once); then the units' signals of all those
+images go down together as one batch, each sample gated by its own image's forward: transposed
 convolutions (no bias; BatchNorm's per-channel scale folded in), the rule at every ReLU (gates
 from the recorded forward, exactly as the rule hooks of :mod:`convlens.deconv.project` apply it), and
 both branches of an addition. This is what autograd computes with the rule hooks, without
 repeating the forward per unit and without vmap (which runs PyTorch's convolution backward once
 per unit). Where the signal is large (early layers of a 224x224 image) the batch goes on in
 pieces of two: measured on MobileNetV2, 2.2 s instead of 3.3 s for 144 units (see
-``benchmarks/deconv.py --model mobilenet_v2``). Any other operation (max pooling included):
+``benchmarks/deconv.py --model mobilenet_v2``). Nine images' top unit each (a unit page of
+``features.16`` projected on demand) took 1.3 CPU-s instead of 2 CPU-s with one image at a time and a
+second forward (``benchmarks/explorer_ondemand.py``). Any other operation (max pooling included):
 ``None`` (the caller falls back to autograd).
 """
 from __future__ import annotations
@@ -73,39 +77,72 @@ SPLIT_NUMEL = 1 << 17  # per-sample signal size (elements) above which the batch
 SPLIT_BATCH = 2  # ... of this many samples (large maps: the cache, not the FLOPs, sets the speed on CPU)
 
 
-def project(model: nn.Module, images: torch.Tensor, layer: str, units: torch.Tensor, seed: torch.Tensor,
-            rule: str, chunk: int = 16) -> torch.Tensor | None:
-    """(N*K, C, H, W) projections of ``units`` (N, K, 3) seeded with ``seed``; None if unsupported."""
-    plan = _plan(model, layer, rule)
-    if plan is None:
-        return None
-    gm, order, top = plan
-    modules = dict(gm.named_modules())
-    n, k = units.shape[:2]
-    out = images.new_zeros(n * k, *images.shape[1:])
-    with torch.no_grad():
-        way = _WayDown(order, top, modules, rule)
-        for i in range(n):
-            env: dict[fx.Node, Any] = {}
-            for node in order:  # forward of image i, every node recorded
+IMAGES = 16  # images recorded and sent down together (memory: every node of the forward, per image)
+
+
+class Recorded:
+    """One batched forward of ``images`` up to the layer, every node kept; :meth:`down` sends units down.
+
+    ``act`` is the layer's output for the images (what ``forward_to`` gives: the last call of the layer).
+    """
+
+    def __init__(self, plan: tuple[fx.GraphModule, list[fx.Node], fx.Node], images: torch.Tensor, rule: str) -> None:
+        gm, order, top = plan
+        modules = dict(gm.named_modules())
+        env: dict[fx.Node, Any] = {}
+        with torch.no_grad():
+            for node in order:  # the forward of all images at once, every node recorded
                 if node.op == "placeholder":
-                    env[node] = images[i:i + 1]
+                    env[node] = images
                 elif node.op == "call_module":
                     env[node] = modules[node.target](env[node.all_input_nodes[0]])  # type: ignore[index]
                 else:
                     env[node] = env[node.args[0]] + env[node.args[1]]  # type: ignore[index]
-            way.start_image(env)
-            act = env[top]
-            for s in range(0, k, chunk):
-                u = units[i, s:s + chunk]
+        self.top, self.act = top, env[top]
+        self.way = _WayDown(order, top, modules, rule)
+        self.way.start_image(env)
+
+    def down(self, units: torch.Tensor, seed: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """(N*K, C, H, W) projections of ``units`` (N, K, 3) of the recorded images, seeded with ``seed`` (N*K,):
+        the units of all images go down together (each row gated by its own image's forward)."""
+        act = self.act
+        n, k = units.shape[:2]
+        flat = units.reshape(n * k, 3)
+        img = torch.arange(n, device=act.device).repeat_interleave(k)
+        out = []
+        with torch.no_grad():
+            for s in range(0, n * k, chunk * max(1, n)):
+                u, rows = flat[s:s + chunk * max(1, n)], img[s:s + chunk * max(1, n)]
                 g = act.new_zeros(len(u), *act.shape[1:])
-                g[torch.arange(len(u)), u[:, 0], u[:, 1], u[:, 2]] = seed[i * k + s:i * k + s + len(u)].to(act.dtype)
-                out[i * k + s:i * k + s + len(u)] = way.run({top: g.contiguous(memory_format=torch.channels_last)}, 0)
-    return out
+                g[torch.arange(len(u)), u[:, 0], u[:, 1], u[:, 2]] = seed[s:s + len(u)].to(act.dtype)
+                out.append(self.way.run({self.top: g.contiguous(memory_format=torch.channels_last)}, 0, rows))
+        return torch.cat(out)
+
+
+def record(model: nn.Module, images: torch.Tensor, layer: str, rule: str) -> Recorded | None:
+    """:class:`Recorded` for ``images`` (N, C, H, W), or None when the explicit way does not support the layer."""
+    plan = _plan(model, layer, rule)
+    return None if plan is None else Recorded(plan, images, rule)
+
+
+def project(model: nn.Module, images: torch.Tensor, layer: str, units: torch.Tensor, seed: torch.Tensor,
+            rule: str, chunk: int = 16) -> torch.Tensor | None:
+    """(N*K, C, H, W) projections of ``units`` (N, K, 3) seeded with ``seed``; None if unsupported.
+    :data:`IMAGES` images at a time go forward and down together."""
+    plan = _plan(model, layer, rule)
+    if plan is None:
+        return None
+    n, k = units.shape[:2]
+    out = []
+    for s in range(0, n, IMAGES):
+        rec = Recorded(plan, images[s:s + IMAGES], rule)
+        out.append(rec.down(units[s:s + IMAGES], seed[s * k:(s + IMAGES) * k], chunk))
+    return torch.cat(out) if out else images.new_zeros(0, *images.shape[1:])
 
 
 class _WayDown:
-    """The units' signals from ``top`` down to the input, for one image's recorded forward at a time.
+    """The units' signals from ``top`` down to the input, over one recorded forward of a batch of images
+    (each sample of the signal is gated by its own image: ``rows``).
 
     BatchNorm scales are folded into the transposed filters of the conv below them (once), the
     rule's gates are computed once per image, every tensor is channels-last (oneDNN's fast
@@ -141,29 +178,42 @@ class _WayDown:
 
     def start_image(self, env: dict[fx.Node, Any]) -> None:
         self.env, self.gates = env, {}
-        self.zero = next(iter(env.values())).new_zeros(())
+        first = next(iter(env.values()))
+        self.zero = first.new_zeros(())
+        self.arange = torch.arange(len(first), device=first.device)
 
-    def _gate(self, node: fx.Node, m: nn.Module) -> torch.Tensor:
+    def _gate(self, node: fx.Node, m: nn.Module, rows: torch.Tensor) -> torch.Tensor:
         """gradient: the relu's derivative (0/1); guided: the upper bound of the signal (0 where the relu
         is off, +inf where on), so that one clamp both rectifies and gates."""
         if node not in self.gates:
             y = self.env[node]
             upper = 6.0 if isinstance(m, nn.ReLU6) and self.rule == "gradient" else float("inf")
-            on = (y > 0) & (y < upper)
-            gate = torch.where(on, float("inf"), 0.0) if self.rule == "guided" else on.to(y.dtype)
+            on = ((y > 0) & (y < upper) if upper < float("inf") else y > 0).contiguous(
+                memory_format=torch.channels_last)  # the mask, not the float gate, changes layout (4x fewer bytes)
+            gate = torch.where(on, float("inf"), 0.0) if self.rule == "guided" else on
             self.gates[node] = gate.to(y.dtype).contiguous(memory_format=torch.channels_last)
-        return self.gates[node]
+        gate = self.gates[node]
+        if len(gate) == 1:
+            return gate  # one image: broadcast
+        r = rows.tolist()
+        if r == list(range(r[0], r[0] + len(r))):
+            return gate[r[0]:r[0] + len(r)]  # one row per image, in order: a view
+        if len(set(r)) == 1:
+            return gate[r[0]:r[0] + 1]  # one image's units: broadcast
+        return gate[rows]
 
-    def run(self, grads: dict[fx.Node, torch.Tensor], start: int) -> torch.Tensor:
+    def run(self, grads: dict[fx.Node, torch.Tensor], start: int, rows: torch.Tensor) -> torch.Tensor:
         """The signal at the input, going down from position ``start`` of the reversed graph with the
-        pending signals ``grads`` (node -> signal at its output)."""
+        pending signals ``grads`` (node -> signal at its output); ``rows``: each sample's image in the
+        recorded forward."""
         for pos in range(start, len(self.rev)):
             node = self.rev[pos]
             if node not in grads:
                 continue
             g = grads[node]
             if len(g) > SPLIT_BATCH and g[0].numel() > SPLIT_NUMEL:
-                return torch.cat([self.run({nd: t[s:s + SPLIT_BATCH] for nd, t in grads.items()}, pos)
+                return torch.cat([self.run({nd: t[s:s + SPLIT_BATCH] for nd, t in grads.items()}, pos,
+                                           rows[s:s + SPLIT_BATCH])
                                   for s in range(0, len(g), SPLIT_BATCH)])
             del grads[node]
             if node.op == "placeholder":
@@ -173,11 +223,12 @@ class _WayDown:
                     grads[a] = grads[a] + g if a in grads else g
                 continue
             src = node.all_input_nodes[0]
-            g = self._step(node, self.modules[str(node.target)], g, self.env[src].shape[-2:])
+            g = self._step(node, self.modules[str(node.target)], g, self.env[src].shape[-2:], rows)
             grads[src] = grads[src] + g if src in grads else g
         raise AssertionError("the input was not reached")
 
-    def _step(self, node: fx.Node, m: nn.Module, g: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+    def _step(self, node: fx.Node, m: nn.Module, g: torch.Tensor, x_shape: torch.Size, rows: torch.Tensor
+              ) -> torch.Tensor:
         if isinstance(m, nn.Conv2d):
             pad = same_padding(m, *x_shape) if has_only_same_pad(m) else (0, 0, 0, 0)
             padded = (x_shape[0] + pad[2] + pad[3], x_shape[1] + pad[0] + pad[1])
@@ -196,6 +247,6 @@ class _WayDown:
         if isinstance(m, (nn.ReLU, nn.ReLU6)):
             if self.rule == "deconvnet":
                 return g.clamp(min=0)
-            gate = self._gate(node, m)
+            gate = self._gate(node, m, rows)
             return torch.clamp(g, min=self.zero, max=gate) if self.rule == "guided" else g * gate
         return g  # identity, dropout, LRN (deconvnet: passed straight through)

@@ -335,19 +335,31 @@ def _check_generic(model: nn.Module, rule: str) -> None:
 def _project_generic(
     model: nn.Module, images: torch.Tensor, layer: str, select: Selector, rule: str, unit_seed: str = "value",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Receptive-field crops where exact, else one forward per image (see :mod:`convlens.deconv.autograd_way`)."""
+    """Receptive-field crops where exact, else full images: recorded together and sent down explicitly
+    where the graph allows, else one forward per image (see :mod:`convlens.deconv.autograd_way`)."""
     from convlens.deconv import autograd_way as _deconv_generic
 
     name = model.resolve(layer) if hasattr(model, "resolve") else layer  # type: ignore[operator]
     target = get_module(model, name)
     _check_generic(model, rule)
     plan = _deconv_generic.crop_plan(model, name, (images.shape[-2], images.shape[-1]))  # before the rule hooks
-    with torch.no_grad():
-        act, calls = _deconv_generic.forward_to(model, target, images)
+    # full images through the explicit way: one recorded forward of all images gives the layer's output
+    # and the gates (no second forward, no rule hooks; large batches go on in pieces below)
+    from convlens.deconv import graph_way as _deconv_graph
+
+    recorded = _deconv_graph.record(model, images, name, rule) if plan is None and \
+        len(images) <= _deconv_graph.IMAGES else None
+    if recorded is not None:
+        act, calls = recorded.act, 0
+    else:
+        with torch.no_grad():
+            act, calls = _deconv_generic.forward_to(model, target, images)
     units = select(act)
     n, k = units.shape[:2]
     values = _gather_values(act, units)
     seed = values.reshape(-1) if unit_seed == "value" else torch.ones(n * k, dtype=act.dtype, device=act.device)
+    if recorded is not None:
+        return recorded.down(units, seed).reshape(n, k, *images.shape[1:]), values, units
     hook = _rule_hook(rule)
     rectifiers = [(m, hook) for m in model.modules()
                   if isinstance(m, (nn.ReLU, nn.ReLU6)) or (rule == "deconvnet" and isinstance(m, _LRN))]

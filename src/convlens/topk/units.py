@@ -202,25 +202,36 @@ def project_mined(
         factor = max(1, -(-min_side // tiles.projections.shape[-1]))
         for i, m in enumerate(part):
             fresh = map_entries(top, m, class_names, describe, tiles.boxes[i])
+            pngs: list[tuple[torch.Tensor, Path]] = []
             for r, e in enumerate(fresh):
                 scale = float(tiles.scales[i, r])
                 # rounded like the PNGs are quantized: a map recomputed after a kill, in another batch,
                 # differs from the uninterrupted run's float32 only below this precision
                 e.update(display_box=[int(v) for v in tiles.display_boxes[i, r]], contrast_scale=float(f"{scale:.4g}"),
                          mass_share=round(float(tiles.shares[i, r]), 4))
-                save_png(tiles.shown[i, r], out / e["projection"])
-                save_png(tiles.shown_patches[i, r], out / e["patch"])
-                save_png(upscale_nearest(shade(tiles.projections[i, r], scale), factor), out / e["projection_full"])
-                save_png(upscale_nearest(tiles.patches[i, r].clamp(0, 1), factor), out / e["patch_full"])
+                pngs += [(tiles.shown[i, r], out / e["projection"]), (tiles.shown_patches[i, r], out / e["patch"]),
+                         (upscale_nearest(shade(tiles.projections[i, r], scale), factor), out / e["projection_full"]),
+                         (upscale_nearest(tiles.patches[i, r].clamp(0, 1), factor), out / e["patch_full"])]
+            _save_pngs(pngs)
             doc = {"layer": top.layer, "map": m, "rule": rule, "weights": weights, "saturated": bool(saturated[m]),
                    "contrast": CONTRAST,
                    "entries": fresh}
-            _write_json(folder / f"{m}.json", doc)
+            _write_json(folder / f"{m}.json", doc)  # after its PNGs: a map with a JSON is complete
             entries[m] = fresh
         del tiles
     for text, category in notes.items():
         warnings.warn(text, category, stacklevel=2)
     return MinedUnits(top.layer, rule, reason, {m: entries[m] for m in maps}, len(maps) - len(todo))
+
+
+def _save_pngs(pngs: list[tuple[torch.Tensor, Path]]) -> None:
+    """Write a map's PNGs on two threads (zlib and fsync release the GIL: encoding one while the disk
+    syncs another halves the wait)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        for _ in pool.map(lambda job: save_png(*job), pngs):
+            pass
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
