@@ -199,8 +199,8 @@ def _project_layers(out: Path, loaded: Any, ds: Any, tops: dict[str, TopActivati
     describe = getattr(ds, "describe", None)
     figures, rows, layers_data = [], [], {}
     per_sheet = s["maps_per_sheet"]
-    with progress_bar(total=sum(len(m) * k for m in todo.values()), unit="unit", desc="projecting",
-                      dynamic_ncols=True) as bar:
+    total = sum(len(m) * k for m in todo.values())
+    with progress_bar(total=total, unit="unit", desc="projecting", dynamic_ncols=True, disable=not total) as bar:
         for layer, top in tops.items():
             c = top.values.shape[0]
             done = project_mined(loaded.model, ds, top, out, maps=todo[layer], rule=s["rule"],
