@@ -131,6 +131,7 @@ class Trickler:
             t.join(5)
 
 
+@pytest.mark.slow  # 150 clients trickling heads at 1 s a line: 20 s of waiting by design
 def test_slow_clients_do_not_lock_out_others(run_dir: Path) -> None:
     proc, lines, url = start(run_dir, "--head-timeout", str(HEAD_TIMEOUT))
     port = int(url.rsplit(":", 1)[1].strip("/"))

@@ -153,6 +153,7 @@ def test_no_side_effects_on_torchvision_model(resnet18):
         resnet18.eval()
 
 
+@pytest.mark.slow  # five float64 MobileNetV2 occlusion maps at 64 px: 17 s on a shared machine
 def test_approximate_mode(mobilenet_v2):
     image = torch.randn(3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     kw = dict(window=16, stride=8, layer="features.13")
