@@ -12,11 +12,11 @@ from convlens.demo import Step, _argv, _run_step, _subcommands, _Tee, make_synth
 from convlens.images.data import FASHION_MNIST_DIR
 from demo_run import run_info, shared_run_dir
 
-# The shared demo run takes ~1 min of CPU; on a heavily shared machine its wall time can pass the
-# suite's 300 s per-test default, which the first test using it pays for.
-pytestmark = pytest.mark.timeout(900)
 
-
+# The one end-to-end run of the demo (~1 min of CPU): slow, run by 'make test' after the default suite.
+# On a heavily shared machine its wall time can pass the suite's 300 s per-test default.
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 @pytest.mark.skipif(not FASHION_MNIST_DIR.exists(),
                     reason=f"{FASHION_MNIST_DIR} missing (apt-get install dataset-fashion-mnist)")
 def test_demo_quick_end_to_end(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -88,7 +88,8 @@ def assert_equals_reference(model: nn.Module, images: torch.Tensor, layer: str, 
 
 
 CASES = [("resnet18", 96, "layer1.1.relu"),  # called twice per block: its last call is the block output
-         ("vgg11", 64, "features.9"), ("mobilenet_v2", 64, "features.4.conv.3")]
+         pytest.param("vgg11", 64, "features.9", marks=pytest.mark.slow),  # float64 VGG11: ~12 s in all
+         ("mobilenet_v2", 64, "features.4.conv.3")]
 
 
 @pytest.mark.parametrize("name,size,layer", CASES)
@@ -160,7 +161,8 @@ def test_global_operation_means_full_images():
                                                 ("mobilenet_v2", "features.6.conv.3", False),
                                                 ("mobilenet_v2", "features.6.conv.3", True)])
 @pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
-@pytest.mark.parametrize("split", [False, True])
+# split into single samples: the same numbers by another batching; slow (half of this matrix, ~25 s)
+@pytest.mark.parametrize("split", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_explicit_way_down_equals_autograd(monkeypatch, name, layer, tf_same, rule, split):
     """The explicit batched way down (full images), with TF "SAME" padding hooks and with the batch
     split into single samples on large maps, equals one autograd backward per unit."""

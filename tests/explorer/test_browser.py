@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from demo_run import png_bytes, shared_run_dir
+from demo_run import pages_run_dir, png_bytes
 from mined_run import make_mined_run
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -23,7 +23,6 @@ ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.timeout(900),  # may build the shared demo run (see test_explorer)
     pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (apt-get install chromium)"),
 ]
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright for Python is not installed")
@@ -56,7 +55,7 @@ def serve(app):
 def server_url(tmp_path_factory: pytest.TempPathFactory):
     from convlens.explorer import create_app
 
-    server, url = serve(create_app(shared_run_dir(tmp_path_factory)))
+    server, url = serve(create_app(pages_run_dir(tmp_path_factory)))
     yield url
     server.close()
 
@@ -102,7 +101,7 @@ def _shot(page, name: str) -> None:
 def test_report_opens_from_disk(browser, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
     from convlens.report import build_report
 
-    index = build_report(shared_run_dir(tmp_path_factory))
+    index = build_report(pages_run_dir(tmp_path_factory))
     moved = tmp_path / "copied-report"  # the folder alone, elsewhere: still complete
     shutil.copytree(index.parent, moved)
     page = browser.new_page(viewport={"width": 1200, "height": 900})

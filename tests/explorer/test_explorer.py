@@ -1,10 +1,9 @@
 """The local web explorer (convlens.explorer): browsing, uploads, and what a request may reach.
 
-Two runs: a real one, built once per session and shared with test_browser/test_demo (``convlens
-demo --quick`` on Fashion-MNIST where Debian's copy is installed, else the demo's tiny plan), whose
-pages read what the real commands wrote; and a synthetic mined run in ``convlens mine``'s format
-(tests/mined_run.py: 96-map layers, class names, class_means.npz), whose pages are checked against
-the numbers in its files.
+Two runs: a small real one, built once per session and shared with test_browser (the demo's tiny
+plan on synthetic images, ~10 s of CPU; tests/demo_run.py), whose pages read what the real commands
+wrote; and a synthetic mined run in ``convlens mine``'s format (tests/mined_run.py: 96-map layers,
+class names, class_means.npz), whose pages are checked against the numbers in its files.
 """
 from __future__ import annotations
 
@@ -23,17 +22,13 @@ from PIL import Image
 from convlens.cli import main
 from convlens.explorer import MAX_UPLOAD_BYTES, ImageTooLarge, create_app, decode_upload
 from convlens.explorer.jobs import JobQueue
-from demo_run import png_bytes, run_info, shared_run_dir
+from demo_run import pages_run_dir, png_bytes, run_info
 from mined_run import make_mined_run
-
-# The shared demo run takes ~1 min of CPU; on a heavily shared machine its wall time can pass the
-# suite's 300 s per-test default, which the first test using it pays for.
-pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_run_dir(tmp_path_factory)
+    return pages_run_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -131,6 +131,7 @@ class Trickler:
             t.join(5)
 
 
+@pytest.mark.slow  # 150 clients trickling heads at 1 s a line: 20 s of waiting by design
 def test_slow_clients_do_not_lock_out_others(run_dir: Path) -> None:
     proc, lines, url = start(run_dir, "--head-timeout", str(HEAD_TIMEOUT))
     port = int(url.rsplit(":", 1)[1].strip("/"))
@@ -158,6 +159,7 @@ def test_slow_clients_do_not_lock_out_others(run_dir: Path) -> None:
         stop(proc)
 
 
+@pytest.mark.slow  # ten heads held to their deadline: 12 s of waiting by design
 def test_slow_head_is_dropped_at_its_deadline(run_dir: Path) -> None:
     """Below the connection limit nothing is evicted: each slow head is closed by its own deadline,
     although it sends a line every second (an idle timeout alone would keep it forever)."""

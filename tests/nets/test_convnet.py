@@ -39,6 +39,7 @@ def test_small_presets_keep_layer_names(name):
     assert m(x).shape == (2, m.cfg.num_classes)
 
 
+@pytest.mark.slow  # eight full-size 224 px models, mostly weight init: 8 s on a shared machine
 def test_table3_variants():
     base = build_model("zfnet")
     assert not hasattr(build_model("zfnet:no34"), "conv3")

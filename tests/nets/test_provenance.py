@@ -126,6 +126,7 @@ def test_a_warning_is_one_plain_line(tmp_path, capsys):
 
 @needs_shared
 @pytest.mark.shared_data
+@pytest.mark.slow  # the real 224 px MobileNetV2 through the commands: 30 s on a shared machine
 def test_real_mobilenet_says_its_preprocessing_and_no_user_warning(tmp_path):
     folder = SHARED / "models" / "mobilenet_v2_imagenet"
     image = next((SHARED / "imagenet-sample" / "n01443537").iterdir())

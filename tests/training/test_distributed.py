@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = textwrap.dedent(
@@ -44,6 +45,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
 
 
+@pytest.mark.slow  # three Python processes, each importing torch and training: 18 s
 def test_two_gloo_processes_match_one_process(tmp_path):
     script = tmp_path / "train_tiny.py"
     script.write_text(SCRIPT)
