@@ -42,7 +42,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from convlens.commands._common import (
-        default_layers,
         load_image_arg,
         load_model_from_args,
         parse_layers,
@@ -59,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from convlens.correspondence.landmarks import PARTS, masked_images_grid, read_landmarks
     from convlens.images.data import load_image
     from convlens.io.artifacts import markdown_table, save_png, write_result, write_text
+    from convlens.nets.layers import default_layers
 
     device = resolve_device_arg(args)
     loaded = load_model_from_args(args, device)

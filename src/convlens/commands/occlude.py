@@ -56,13 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from convlens.commands._common import (
-        feature_map_layer,
         load_image_arg,
         load_model_from_args,
         resolve_device_arg,
         run_params,
     )
     from convlens.io.artifacts import markdown_table, save_figure, write_result, write_text
+    from convlens.nets.layers import feature_map_layer
     from convlens.occlusion.figures import (
         class_name,
         drawn_range,

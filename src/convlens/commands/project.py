@@ -108,7 +108,6 @@ def _sanity(model: torch.nn.Module, x: torch.Tensor, proj: Any, args: argparse.N
 
 def run(args: argparse.Namespace) -> int:
     from convlens.commands._common import (
-        feature_map_layer,
         load_image_arg,
         load_model_from_args,
         preprocessing_params,
@@ -116,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from convlens.deconv.project import project_topk, resolve_rule
     from convlens.io.artifacts import save_png, write_result
+    from convlens.nets.layers import feature_map_layer
 
     device = resolve_device_arg(args)
     loaded = load_model_from_args(args, device)
