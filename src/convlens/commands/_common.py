@@ -33,7 +33,6 @@ __all__ = [
     "add_model_args",
     "add_out_arg",
     "count_int",
-    "default_layers",
     "finite_float",
     "harden_number_flags",
     "load_model_from_args",
@@ -325,92 +324,16 @@ def add_out_arg(p: argparse.ArgumentParser, *, required: bool = True, help: str 
 
 
 def parse_layers(text: str | None, loaded: Loaded, *, flag: str = "--layers", default: int | None = None) -> list[str]:
-    """Comma-separated layer names checked against the model; ``None`` -> :func:`default_layers`.
+    """Comma-separated layer names checked against the model; ``None`` -> :func:`convlens.nets.layers.default_layers`.
 
     Raises:
         ValueError: an empty list or an unknown name (with the closest names).
     """
-    from convlens.core.capture import get_module
+    from convlens.nets.layers import check_layers, default_layers
 
     if text is None:
         return default_layers(loaded, default)
     layers = [s.strip() for s in text.split(",") if s.strip()]
     if not layers:
         raise ValueError(f"{flag} is empty; expected comma-separated layer names (see 'convlens summary')")
-    model = loaded.model
-    resolve = getattr(model, "resolve", None)
-    for layer in layers:
-        try:
-            get_module(model, resolve(layer) if resolve else layer)
-        except ValueError as exc:
-            raise ValueError(f"{flag}: {exc}") from None
-    return layers
-
-
-def default_layers(loaded: Loaded, count: int | None = None) -> list[str]:
-    """Layers that fit the model: ``convlens.core.layers.default_layers`` when present, else conv1..conv5 of a
-    ConvNet, else a few evenly spaced spatial blocks. ``count`` keeps the last ``count`` of them."""
-    try:
-        from convlens.core.layers import default_layers as library_default  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        library_default = _fallback_default_layers  # type: ignore[assignment, unused-ignore]
-    names = list(library_default(loaded.model, loaded.input_size))
-    return names[-count:] if count else names
-
-
-def feature_map_layer(loaded: Loaded, layer: str | None, flag: str = "--layer") -> str:
-    """A layer with a spatial (N, C, H, W) output: ``layer`` checked, or the deepest default layer.
-
-    Raises:
-        ValueError: unknown layer, or one whose output is not a feature map (e.g. ``fc7``).
-    """
-    import torch
-
-    from convlens.core.capture import record_activations
-
-    if layer is not None and "," in layer:
-        raise ValueError(f"{flag} takes one layer, got {layer!r}")
-    name = parse_layers(layer, loaded, flag=flag)[-1] if layer is not None else default_layers(loaded)[-1]
-    model = loaded.model
-    p = next(model.parameters(), None)
-    x = torch.zeros(1, 3, loaded.input_size, loaded.input_size, device=p.device if p is not None else "cpu")
-    with torch.no_grad(), record_activations(model, [name]) as acts:
-        model(x)
-    shape = tuple(acts[name].shape) if name in acts and torch.is_tensor(acts[name]) else None
-    if shape is None or len(shape) != 4:
-        example = default_layers(loaded)[-1]
-        raise ValueError(f"{flag} {name}: its output has shape {shape}, expected a feature map (N, C, H, W); "
-                         f"give a convolutional layer, e.g. {flag} {example} (see 'convlens summary')")
-    return name
-
-
-def _fallback_default_layers(model: Any, input_size: int) -> list[str]:
-    import torch
-
-    if hasattr(model, "layer_names"):
-        return [n for n in model.layer_names if n.startswith("conv")]
-    shapes: dict[str, int] = {}
-    handles = []
-    for name, m in model.named_modules():
-        if name:
-            handles.append(m.register_forward_hook(
-                lambda _m, _i, out, key=name: shapes.__setitem__(key, out.dim()) if torch.is_tensor(out) else None))
-    was = model.training
-    try:
-        model.eval()
-        p = next(model.parameters(), None)
-        with torch.no_grad():
-            model(torch.zeros(1, 3, input_size, input_size, device=p.device if p is not None else "cpu"))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
-    spatial = [n for n, d in shapes.items() if d == 4]
-    for depth in range(1, 6):
-        level = [n for n in spatial if n.count(".") == depth - 1]
-        if len(level) >= 4:
-            idx = sorted({round(i * (len(level) - 1) / 4) for i in range(1, 5)})
-            return [level[i] for i in idx]
-    if not spatial:
-        raise ValueError("the model has no layer with spatial (N, C, H, W) output; give --layers")
-    return spatial[-4:]
+    return check_layers(loaded, layers, flag=flag)

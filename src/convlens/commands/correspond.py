@@ -43,7 +43,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from convlens.commands._common import (
-        default_layers,
         load_image_arg,
         load_model_from_args,
         parse_layers,
@@ -52,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from convlens.correspondence.landmarks import read_landmarks
     from convlens.correspondence.outputs import CorrespondSettings, write_correspondence
+    from convlens.nets.layers import default_layers
 
     device = resolve_device_arg(args)
     loaded = load_model_from_args(args, device)

@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _layers(text: str | None, loaded: Any) -> list[str]:
     """--layers, or conv1,fc7 (the paper's) on a convlens model, else the first and last default layers."""
-    from convlens.commands._common import default_layers, parse_layers
+    from convlens.commands._common import parse_layers
+    from convlens.nets.layers import default_layers
 
     if text is None and hasattr(loaded.model, "layer_names"):
         return parse_layers("conv1,fc7", loaded)

@@ -55,12 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from convlens.commands._common import (
-        feature_map_layer,
         load_image_arg,
         load_model_from_args,
         resolve_device_arg,
         run_params,
     )
+    from convlens.nets.layers import feature_map_layer
     from convlens.occlusion.outputs import OcclusionSettings, write_occlusion
 
     device = resolve_device_arg(args)

@@ -54,8 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convlens.commands._common import feature_map_layer, load_image_arg, load_model_from_args, resolve_device_arg
+    from convlens.commands._common import load_image_arg, load_model_from_args, resolve_device_arg
     from convlens.deconv.outputs import ProjectSettings, write_projection
+    from convlens.nets.layers import feature_map_layer
 
     device = resolve_device_arg(args)
     loaded = load_model_from_args(args, device)

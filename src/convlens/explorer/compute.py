@@ -94,7 +94,7 @@ def upload_layers(loaded: Any, mined: Sequence[str]) -> list[str]:
             continue
     if ok:
         return ok
-    from convlens.commands._common import default_layers
+    from convlens.nets.layers import default_layers
 
     return default_layers(loaded)
 

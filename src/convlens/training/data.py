@@ -27,7 +27,7 @@ from convlens.nets.convnet import get_config
 from convlens.training.distributed import DistInfo
 
 if TYPE_CHECKING:
-    from convlens.training.recipe import TrainConfig
+    from convlens.training.config import TrainConfig
 
 __all__ = ["RunData", "collate", "identity_preprocessing", "make_loader", "open_run_data", "pixel_std",
            "random_subset"]
