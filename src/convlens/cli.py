@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         if info.name.startswith("_"):
             continue
         importlib.import_module(f"{commands.__name__}.{info.name}").register(sub)
-    from convlens.commands._common import harden_number_flags
+    from convlens.commands._numbers import harden_number_flags
 
     harden_number_flags(parser)
     return parser

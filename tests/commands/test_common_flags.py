@@ -1,4 +1,4 @@
-"""The shared flag groups (commands/_common.py) and the one device resolver."""
+"""The shared flag groups (commands/_common.py, _model.py) and the one device resolver."""
 from __future__ import annotations
 
 import argparse
@@ -6,13 +6,13 @@ import argparse
 import pytest
 import torch
 
-from convlens.commands import _common
+from convlens.commands import _common, _model
 from convlens.nets.device import resolve_device
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
-    _common.add_model_args(p)
+    _model.add_model_args(p)
     _common.add_dataset_args(p, required=False)
     _common.add_device_arg(p)
     _common.add_out_arg(p, required=False)
@@ -34,7 +34,7 @@ def test_resolve_device():
 
 def test_model_flags_load(tiny_checkpoint):
     args = _parser().parse_args(["--checkpoint", str(tiny_checkpoint), "--input-size", "40"])
-    loaded = _common.load_model_from_args(args, "cpu")
+    loaded = _model.load_model_from_args(args, "cpu")
     assert loaded.input_size == 40 and loaded.arch == "zfnet-tiny"
     assert args.device == "auto" and args.limit is None
 
@@ -46,7 +46,7 @@ def test_model_flags_load(tiny_checkpoint):
 ])
 def test_model_spec_errors(argv, match):
     with pytest.raises(ValueError, match=match):
-        _common.model_spec(_parser().parse_args(argv))
+        _model.model_spec(_parser().parse_args(argv))
 
 
 def test_out_must_not_be_a_file(tmp_path):

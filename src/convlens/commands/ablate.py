@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from convlens.commands._common import add_device_arg, add_out_arg, positive_int
+from convlens.commands._common import add_device_arg, add_out_arg
+from convlens.commands._numbers import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:

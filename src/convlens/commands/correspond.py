@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from convlens.commands._common import add_device_arg, add_model_args, add_out_arg, positive_int
+from convlens.commands._common import add_device_arg, add_out_arg
+from convlens.commands._model import add_model_args
+from convlens.commands._numbers import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,13 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from convlens.commands._common import (
-        load_image_arg,
-        load_model_from_args,
-        parse_layers,
-        resolve_device_arg,
-        run_params,
-    )
+    from convlens.commands._common import parse_layers, resolve_device_arg
+    from convlens.commands._model import load_image_arg, load_model_from_args, run_params
     from convlens.correspondence.landmarks import read_landmarks
     from convlens.correspondence.outputs import CorrespondSettings, write_correspondence
     from convlens.nets.layers import default_layers

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from convlens.commands._common import add_dataset_args, add_device_arg, add_model_args, add_out_arg, positive_int
+from convlens.commands._common import add_dataset_args, add_device_arg, add_out_arg
+from convlens.commands._model import add_model_args
+from convlens.commands._numbers import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convlens.commands._common import load_model_from_args, model_spec, resolve_device_arg, say_preprocessing
+    from convlens.commands._common import resolve_device_arg
+    from convlens.commands._model import load_model_from_args, model_spec, say_preprocessing
     from convlens.diagnose.outputs import DiagnoseSettings, write_diagnosis
     from convlens.nets.loading import load_model
 

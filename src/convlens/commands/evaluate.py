@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from convlens.commands._common import add_dataset_args, add_device_arg, add_model_args, add_out_arg
+from convlens.commands._common import add_dataset_args, add_device_arg, add_out_arg
+from convlens.commands._model import add_model_args
 
 COLUMNS = ["model", "crops", "top-1 err", "top-5 err", "loss", "images"]
 
@@ -32,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from convlens.commands._common import load_model_from_args, model_spec, open_dataset_from_args, resolve_device_arg
+    from convlens.commands._common import open_dataset_from_args, resolve_device_arg
+    from convlens.commands._model import load_model_from_args, model_spec
     from convlens.images.data import collate_skip
     from convlens.io.artifacts import write_result
     from convlens.training.evaluation import average_log_proba, predict_log_proba, topk_errors
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append(_row(f"ensemble of {len(log_probas)}", args.ten_crop, ensemble))
     _print_table(rows)
     if args.out:
-        from convlens.commands._common import run_params
+        from convlens.commands._model import run_params
 
         last = rows[-1]
         write_result(Path(args.out), "evaluate", title="Classification error (Table 2)",

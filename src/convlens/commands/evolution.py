@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from convlens.commands._common import add_dataset_args, add_device_arg, add_out_arg, positive_int
+from convlens.commands._common import add_dataset_args, add_device_arg, add_out_arg
+from convlens.commands._numbers import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,13 +59,8 @@ def _epochs(args: argparse.Namespace, available: dict[int, Path]) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
-    from convlens.commands._common import (
-        open_dataset_from_args,
-        parse_layers,
-        preprocessing_params,
-        resolve_device_arg,
-        say_preprocessing,
-    )
+    from convlens.commands._common import open_dataset_from_args, parse_layers, resolve_device_arg
+    from convlens.commands._model import preprocessing_params, say_preprocessing
     from convlens.evolution.analysis import find_checkpoints
     from convlens.evolution.outputs import random_maps, write_evolution
     from convlens.images.data import collate_skip

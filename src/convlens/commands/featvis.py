@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from convlens.commands._common import add_device_arg, add_model_args, add_out_arg, positive_int
+from convlens.commands._common import add_device_arg, add_out_arg
+from convlens.commands._model import add_model_args
+from convlens.commands._numbers import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +57,8 @@ def parse_units(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convlens.commands._common import load_model_from_args, resolve_device_arg, run_params
+    from convlens.commands._common import resolve_device_arg
+    from convlens.commands._model import load_model_from_args, run_params
     from convlens.featvis import FeatvisConfig, write_featvis
 
     units = parse_units(args.units)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from convlens.commands._common import add_device_arg, add_model_args, add_out_arg
+from convlens.commands._common import add_device_arg, add_out_arg
+from convlens.commands._model import add_model_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +55,8 @@ def _floats(text: str, flag: str) -> list[float]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from convlens.commands._common import load_image_arg, load_model_from_args, resolve_device_arg, run_params
+    from convlens.commands._common import resolve_device_arg
+    from convlens.commands._model import load_image_arg, load_model_from_args, run_params
     from convlens.invariance.outputs import write_invariance
 
     device = resolve_device_arg(args)

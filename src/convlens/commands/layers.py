@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from convlens.commands._common import add_model_args, add_out_arg, preprocessing_params
+from convlens.commands._common import add_out_arg
+from convlens.commands._model import add_model_args, preprocessing_params
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convlens.commands._common import load_model_from_args, open_dataset_from_args, resolve_device_arg
+    from convlens.commands._common import open_dataset_from_args, resolve_device_arg
+    from convlens.commands._model import load_model_from_args
     from convlens.topk.outputs import write_merged_run
     from convlens.topk.shards import merge_shards
 

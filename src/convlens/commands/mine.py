@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from convlens.commands._common import add_dataset_args, add_device_arg, add_model_args, add_out_arg, positive_int
+from convlens.commands._common import add_dataset_args, add_device_arg, add_out_arg
+from convlens.commands._model import add_model_args
+from convlens.commands._numbers import positive_int
 
 
 def maps_arg(text: str) -> int | str:
@@ -67,7 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convlens.commands._common import load_model_from_args, open_dataset_from_args, parse_layers, resolve_device_arg
+    from convlens.commands._common import open_dataset_from_args, parse_layers, resolve_device_arg
+    from convlens.commands._model import load_model_from_args
     from convlens.topk.outputs import mine_run
     from convlens.topk.shards import parse_shard
     from convlens.training import distributed

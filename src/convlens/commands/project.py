@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 
-from convlens.commands._common import add_device_arg, add_model_args, add_out_arg, positive_int
+from convlens.commands._common import add_device_arg, add_out_arg
+from convlens.commands._model import add_model_args
+from convlens.commands._numbers import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convlens.commands._common import load_image_arg, load_model_from_args, resolve_device_arg
+    from convlens.commands._common import resolve_device_arg
+    from convlens.commands._model import load_image_arg, load_model_from_args
     from convlens.deconv.outputs import ProjectSettings, write_projection
     from convlens.nets.layers import feature_map_layer
 

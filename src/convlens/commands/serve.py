@@ -10,13 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from convlens.commands._common import (
-    add_device_arg,
-    add_model_args,
-    load_model_from_args,
-    model_spec,
-    resolve_device_arg,
-)
+from convlens.commands._common import add_device_arg, resolve_device_arg
+from convlens.commands._model import add_model_args, load_model_from_args, model_spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from convlens.commands._common import add_model_args, add_out_arg, positive_int, preprocessing_params
+from convlens.commands._common import add_out_arg
+from convlens.commands._model import add_model_args, preprocessing_params
+from convlens.commands._numbers import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def load_for_listing(args: argparse.Namespace) -> Any:
     """The model the flags name (``--arch zfnet`` when none), on the CPU; ``--num-classes`` sizes a fresh one."""
-    from convlens.commands._common import load_model_from_args, model_spec
+    from convlens.commands._model import load_model_from_args, model_spec
 
     spec = model_spec(args) or "zfnet"
     if getattr(args, "num_classes", None) and args.classes is None:

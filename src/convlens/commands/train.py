@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convlens.commands._common import out_dir, positive_float, positive_int
+from convlens.commands._common import out_dir
+from convlens.commands._numbers import positive_float, positive_int
 
 if TYPE_CHECKING:
     from convlens.training.recipe import TrainConfig
@@ -86,25 +87,10 @@ def _epochs_list(value: Any) -> tuple[int, ...] | None:
         raise ValueError(f"--checkpoint-epochs must be comma-separated integers like 1,5,10, got {value!r}") from None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    """TOML with the standard library's ``tomllib`` (Python >= 3.11), else the ``tomli`` package."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ModuleNotFoundError:
-            raise ValueError(f"--config {path}: reading TOML needs Python >= 3.11 or the tomli package "
-                             "(pip install tomli)") from None
-    try:
-        return dict(tomllib.loads(path.read_text()))
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"--config {path}: not valid TOML ({exc})") from None
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig defaults <- ``--config`` TOML <- explicit flags."""
     from convlens.nets.convnet import get_config
+    from convlens.training.config import read_toml
     from convlens.training.recipe import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -116,7 +102,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.config is not None:
         if not args.config.is_file():
             raise FileNotFoundError(f"--config file not found: {args.config}")
-        values.update(_read_toml(args.config))
+        values.update(read_toml(args.config))
         unknown = sorted(set(values) - fields)
         if unknown:
             raise ValueError(f"--config {args.config}: unknown keys {unknown}; expected TrainConfig fields")

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from convlens.commands._common import add_dataset_args, add_device_arg, add_model_args, add_out_arg, positive_int
+from convlens.commands._common import add_dataset_args, add_device_arg, add_out_arg
+from convlens.commands._model import add_model_args
+from convlens.commands._numbers import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -90,13 +92,8 @@ def _layers(args: argparse.Namespace, loaded: Any) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
-    from convlens.commands._common import (
-        load_model_from_args,
-        model_spec,
-        open_dataset_from_args,
-        resolve_device_arg,
-        run_params,
-    )
+    from convlens.commands._common import open_dataset_from_args, resolve_device_arg
+    from convlens.commands._model import load_model_from_args, model_spec, run_params
     from convlens.images.data import collate_skip
     from convlens.transfer.baselines import contamination_pairs, scratch_baseline
     from convlens.transfer.feature_cache import cached_features, file_fingerprint

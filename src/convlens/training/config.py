@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "read_toml"]
 
 
 @dataclass(frozen=True)
@@ -97,3 +99,20 @@ def _check_types(cfg: TrainConfig) -> None:
 
 
 _KINDS = {"int": "a whole number", "float": "a finite number", "bool": "true or false", "str": "a string"}
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A ``--config`` file: TOML with the standard library's ``tomllib`` (Python >= 3.11), else the
+    ``tomli`` package."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise ValueError(f"--config {path}: reading TOML needs Python >= 3.11 or the tomli package "
+                             "(pip install tomli)") from None
+    try:
+        return dict(tomllib.loads(path.read_text()))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"--config {path}: not valid TOML ({exc})") from None
