@@ -11,6 +11,11 @@ from PIL import Image
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is not present")
 
+# Debian's chromium, driven by Playwright (never a downloaded browser): the browser tests' one launch
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
@@ -63,3 +68,15 @@ def tiny_checkpoint(tmp_path: Path, image_folder: Path) -> Path:
     model = build_model("zfnet-tiny", num_classes=2, init="kaiming", seed=0)
     pre = dataset_preprocessing(str(image_folder), crop=32)
     return save_checkpoint(tmp_path / "tiny.pt", model, preprocessing=pre, class_names=["a", "b"], epoch=1)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Chromium for one test module (skipped where /usr/bin/chromium or playwright is missing)."""
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is missing (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright for Python is not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()

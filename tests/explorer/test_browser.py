@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import CHROMIUM
 from demo_run import pages_run_dir, png_bytes
 from mined_run import make_mined_run
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 pytestmark = [
     pytest.mark.browser,
@@ -31,14 +29,6 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright for Pyt
 LOAD_ALL = "() => { for (const i of document.images) { i.loading = 'eager'; } }"
 ALL_DONE = "() => Array.from(document.images).every(i => i.complete)"
 BROKEN_IMAGES = "Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
 
 
 def serve(app):

@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_browser import ARGS, CHROMIUM, serve
+from test_browser import ALL_DONE, serve
 from test_ondemand import mine
+
+from conftest import CHROMIUM
 
 pytestmark = [
     pytest.mark.browser,
@@ -23,14 +25,6 @@ SIZE = 96
 # per image: natural width, displayed width, computed image-rendering
 RENDERING = """sel => Array.from(document.querySelectorAll(sel)).map(i => [i.naturalWidth, i.clientWidth,
     getComputedStyle(i).imageRendering])"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +64,7 @@ def test_compute_fills_the_panel_with_an_image_at_its_own_size(browser, url: str
     page.reload()  # read from the run's cache, no button
     assert page.locator("#featvis img.featvis").count() == 1 and page.locator("#featvis button").count() == 0
     page.goto(url + "/layer/conv5?view=featvis")
-    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=30_000)
+    page.wait_for_function(ALL_DONE, timeout=30_000)
     tiles = page.evaluate(RENDERING, "#featvis-tiles img")
     assert tiles == [[SIZE, SIZE, "auto"]], tiles
     page.close()

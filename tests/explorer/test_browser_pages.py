@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_browser import ARGS, CHROMIUM, serve
+from test_browser import ALL_DONE, serve
 from test_ondemand import mine
 
+from conftest import CHROMIUM
 from mined_run import make_mined_run
 
 pytestmark = [
@@ -26,14 +27,6 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright for Pyt
 # per image: natural width, displayed width, computed image-rendering
 RENDERING = """() => Array.from(document.images).map(i => [i.naturalWidth, i.clientWidth,
     getComputedStyle(i).imageRendering, i.className, i.src])"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +55,7 @@ def lazy_url(tmp_path_factory: pytest.TempPathFactory):
 
 def _images(page) -> list:
     page.wait_for_load_state("load")
-    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=30_000)
+    page.wait_for_function(ALL_DONE, timeout=30_000)
     return page.evaluate(RENDERING)
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_browser import ARGS, CHROMIUM, serve
+from test_browser import ALL_DONE, LOAD_ALL, serve
 
+from conftest import CHROMIUM
 from mined_run import make_ranged_run
 
 pytestmark = [
@@ -31,24 +32,22 @@ def ranged_url(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.parametrize("scale", [1, 2])
-def test_range_images_load_at_their_displayed_size(ranged_url: str, scale: int, tmp_path: Path) -> None:
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900}, device_scale_factor=scale)
-            page.goto(f"{ranged_url}/layer/conv5/map/1")
-            page.evaluate("() => { for (const i of document.images) { i.loading = 'eager'; } }")
-            page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=30_000)
-            images = page.evaluate(RANGE_IMAGES)
-            assert len(images) == 45
-            for nw, nh, cw, done, rendering, src in images:
-                assert done and nw > 0 and cw == 64, src
-                # the 1x/2x candidate made for this screen (the route renders s px: test_unitrange), so its
-                # density-corrected size is exactly the displayed one: nothing is scaled in the browser
-                assert f"s={64 * scale}" in src and nw == nh == 64, (src, nw, scale)
-                assert rendering != "pixelated", src
-            assert page.locator("#range-histogram svg rect.hbar").count() == 32
-            assert "Label:" in page.inner_text("#unit-label")
-            page.screenshot(path=str(tmp_path / "unit.png"), full_page=True)
-        finally:
-            browser.close()
+def test_range_images_load_at_their_displayed_size(browser, ranged_url: str, scale: int, tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, device_scale_factor=scale)
+    try:
+        page.goto(f"{ranged_url}/layer/conv5/map/1")
+        page.evaluate(LOAD_ALL)
+        page.wait_for_function(ALL_DONE, timeout=30_000)
+        images = page.evaluate(RANGE_IMAGES)
+        assert len(images) == 45
+        for nw, nh, cw, done, rendering, src in images:
+            assert done and nw > 0 and cw == 64, src
+            # the 1x/2x candidate made for this screen (the route renders s px: test_unitrange), so its
+            # density-corrected size is exactly the displayed one: nothing is scaled in the browser
+            assert f"s={64 * scale}" in src and nw == nh == 64, (src, nw, scale)
+            assert rendering != "pixelated", src
+        assert page.locator("#range-histogram svg rect.hbar").count() == 32
+        assert "Label:" in page.inner_text("#unit-label")
+        page.screenshot(path=str(tmp_path / "unit.png"), full_page=True)
+    finally:
+        page.close()
